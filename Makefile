@@ -1,0 +1,49 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+DASHBOARD_PORT ?= 8265
+STAMP := $(VENV)/.installed-stamp
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install tiny serve test soak test-gpu bench clean
+
+# torch is pinned and installed first: this machine has a CPU wheel of torch 2.13.0 on disk,
+# and an unpinned torch would pull several GB of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+# Tiny random-weight twins, built once under models/ (WAN_SERVE_MODEL_DIR).
+tiny: $(STAMP)
+	$(VENV)/bin/wan-serve models build-tiny
+
+# Ray (with its dashboard on 127.0.0.1:$(DASHBOARD_PORT)) and the app on 127.0.0.1:$(PORT), in the foreground.
+serve: tiny
+	$(VENV)/bin/wan-serve render-config serve_config.yaml --port $(PORT) --out .run/serve_config.yaml
+	@started=0; \
+	if $(VENV)/bin/ray start --head --include-dashboard=true --dashboard-host=127.0.0.1 \
+	     --dashboard-port=$(DASHBOARD_PORT) --disable-usage-stats; then started=1; \
+	else echo "ray start failed; using the Ray cluster that is already running"; fi; \
+	trap '[ $$started = 1 ] && $(VENV)/bin/ray stop' EXIT; \
+	$(VENV)/bin/serve run --address auto .run/serve_config.yaml
+
+test: tiny
+	$(PY) -m pytest -m "not soak" tests
+
+soak: tiny
+	$(PY) -m pytest -m soak tests
+
+test-gpu: tiny
+	$(PY) -m pytest tests/gpu -rs
+
+bench: tiny
+	$(PY) bench/job_latency.py
+
+clean:
+	rm -rf .run var models

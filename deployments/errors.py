@@ -1,0 +1,73 @@
+"""Error types of the service. Each carries a stable ``code``; serve_app/errors.py maps them to HTTP.
+
+Messages are written for the caller: they say what is wrong and what to do, and never
+contain a traceback or a server path.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error a caller may see. ``code`` is stable; ``message`` is for humans."""
+
+    code = "internal"
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __reduce__(self):  # keep message and details across Ray's pickling
+        return (_rebuild, (type(self), self.message, self.details))
+
+
+def _rebuild(cls, message, details):
+    return cls(message, **details)
+
+
+class ValidationFailed(ServiceError):
+    """The request is malformed or asks for something the variant cannot do (HTTP 422)."""
+
+    code = "validation_error"
+
+
+class QueueFull(ServiceError):
+    """More than ``max_queued_jobs`` are waiting; ``details['retry_after_s']`` says when to retry (HTTP 429)."""
+
+    code = "queue_full"
+
+
+class VariantNotDeployed(ServiceError):
+    """The request names a variant that this application does not serve (HTTP 404)."""
+
+    code = "variant_not_found"
+
+
+class JobNotFound(ServiceError):
+    """No job with this id, or no job matching a lookup (HTTP 404)."""
+
+    code = "job_not_found"
+
+
+class FileNotFoundForJob(ServiceError):
+    """The file is not one this service wrote, or it was deleted (HTTP 404)."""
+
+    code = "file_not_found"
+
+
+class FilenameTaken(ServiceError):
+    """Another job already owns this output filename (HTTP 409)."""
+
+    code = "filename_conflict"
+
+
+class ModelUnavailable(ServiceError):
+    """The variant's generator cannot run jobs now (HTTP 503)."""
+
+    code = "model_unavailable"
+
+
+class JobCanceled(ServiceError):
+    """Raised inside a generation when its job was canceled; stops work before the next step."""
+
+    code = "canceled"

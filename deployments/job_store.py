@@ -1,0 +1,204 @@
+"""The job store: every job, its status, progress and outcome, in SQLite (WAL mode).
+
+Only the router writes to it. A job's row exists before the API answers 202, so a
+restarted router can reload its queue from here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+from pydantic import BaseModel, Field
+
+from deployments.jobs import JobSpec, JobStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO order
+    id             TEXT NOT NULL UNIQUE,
+    variant        TEXT NOT NULL,
+    prompt         TEXT NOT NULL,
+    spec           TEXT NOT NULL,                       -- JobSpec as JSON
+    status         TEXT NOT NULL,
+    phase          TEXT,
+    step           INTEGER NOT NULL DEFAULT 0,
+    total_steps    INTEGER NOT NULL DEFAULT 0,
+    step_seconds   REAL,
+    gpu_id         TEXT,
+    filename       TEXT,
+    file_deleted   INTEGER NOT NULL DEFAULT 0,
+    error_code     TEXT,
+    error_message  TEXT,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    result         TEXT,                                -- JobResult as JSON
+    created_at     REAL NOT NULL,
+    started_at     REAL,
+    finished_at    REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(prompt, seq);
+CREATE INDEX IF NOT EXISTS jobs_filename ON jobs(filename);
+CREATE TABLE IF NOT EXISTS variant_stats (
+    variant          TEXT PRIMARY KEY,
+    avg_job_seconds  REAL NOT NULL,
+    samples          INTEGER NOT NULL
+);
+"""
+
+#: Weight of the newest job in the moving average of job durations (exponential moving average).
+ETA_EMA_ALPHA = 0.3
+
+
+class JobRecord(BaseModel):
+    """One row of the jobs table. Times are Unix seconds."""
+
+    seq: int
+    id: str
+    variant: str
+    prompt: str
+    spec: JobSpec
+    status: JobStatus
+    phase: str | None = None
+    step: int = 0
+    total_steps: int = 0
+    step_seconds: float | None = Field(default=None, description="Mean denoising step time, seconds.")
+    gpu_id: str | None = None
+    filename: str | None = None
+    file_deleted: bool = False
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    result: dict | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class JobStore:
+    """SQLite-backed job table. Thread-safe through one lock; every write is committed before returning.
+
+    ``synchronous=FULL`` so a committed job survives a power cut, not only a process crash.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _row(self, row: sqlite3.Row | None) -> JobRecord | None:
+        if row is None:
+            return None
+        data = dict(row)
+        data["spec"] = JobSpec.model_validate_json(data["spec"])
+        data["result"] = json.loads(data["result"]) if data["result"] else None
+        return JobRecord.model_validate(data)
+
+    def insert(self, spec: JobSpec) -> JobRecord:
+        """Add a queued job. Returns its record (with its FIFO ``seq``)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, variant, prompt, spec, status, filename, total_steps, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (spec.id, spec.variant, spec.params.prompt, spec.model_dump_json(), JobStatus.queued.value,
+                 spec.filename, spec.params.num_inference_steps, time.time()),
+            )
+        return self.get(spec.id)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._row(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def update(self, job_id: str, **fields) -> None:
+        """Set columns of one job; ``status`` may be a JobStatus, ``result`` a dict."""
+        if not fields:
+            return
+        if isinstance(fields.get("status"), JobStatus):
+            fields["status"] = fields["status"].value
+        if isinstance(fields.get("result"), dict):
+            fields["result"] = json.dumps(fields["result"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
+
+    def by_status(self, statuses: Iterable[JobStatus]) -> list[JobRecord]:
+        """Jobs in any of ``statuses``, oldest first (FIFO order)."""
+        values = [s.value for s in statuses]
+        marks = ",".join("?" * len(values))
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", values).fetchall()
+        return [self._row(r) for r in rows]
+
+    def by_ids(self, ids: Iterable[str]) -> list[JobRecord]:
+        ids = list(ids)
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY seq", ids).fetchall()
+        return [self._row(r) for r in rows]
+
+    def all(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+        return [self._row(r) for r in rows]
+
+    def newest_with_prompt(self, prompt: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE prompt = ? ORDER BY seq DESC LIMIT 1", (prompt,)
+            ).fetchone()
+        return self._row(row)
+
+    def filename_owner(self, filename: str) -> JobRecord | None:
+        """The job that owns ``filename`` (its file may be written, pending or deleted)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE filename = ? AND file_deleted = 0 AND status NOT IN (?, ?) "
+                "ORDER BY seq DESC LIMIT 1",
+                (filename, JobStatus.error.value, JobStatus.canceled.value),
+            ).fetchone()
+        return self._row(row)
+
+    def videos(self) -> list[JobRecord]:
+        """Successful jobs whose file has not been deleted, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status = ? AND file_deleted = 0 AND filename IS NOT NULL ORDER BY seq",
+                (JobStatus.success.value,),
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def delete(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids)
+
+    def avg_job_seconds(self, variant: str) -> float | None:
+        """Moving average of recent job durations (dispatch to file written) for ``variant``, seconds."""
+        with self._lock:
+            row = self._db.execute("SELECT avg_job_seconds FROM variant_stats WHERE variant = ?", (variant,)).fetchone()
+        return row[0] if row else None
+
+    def record_job_seconds(self, variant: str, seconds: float) -> None:
+        """Fold one finished job's duration into the variant's exponential moving average."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO variant_stats (variant, avg_job_seconds, samples) VALUES (?, ?, 1) "
+                "ON CONFLICT(variant) DO UPDATE SET "
+                "avg_job_seconds = avg_job_seconds * (1 - ?) + ? * ?, samples = samples + 1",
+                (variant, seconds, ETA_EMA_ALPHA, ETA_EMA_ALPHA, seconds),
+            )

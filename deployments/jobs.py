@@ -1,0 +1,80 @@
+"""Job vocabulary shared by the router and the generator: statuses, phases, specs and events."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+from model_store.variants import Size
+
+
+class JobStatus(str, Enum):
+    """Lifecycle of a job: queued -> running -> one terminal state."""
+
+    queued = "queued"
+    running = "running"
+    success = "success"
+    error = "error"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.success, JobStatus.error, JobStatus.canceled)
+
+
+class Phase(str, Enum):
+    """Where a running job is inside the generator."""
+
+    loading = "loading"
+    encoding_prompt = "encoding_prompt"
+    denoising = "denoising"
+    decoding = "decoding"
+    encoding_video = "encoding_video"
+
+
+class GenerationParams(BaseModel):
+    """Fully resolved pipeline inputs (no defaults left to fill in)."""
+
+    prompt: str = Field(description="Text prompt.")
+    negative_prompt: str = Field(default="", description="Negative prompt; empty means none.")
+    width: int = Field(description="Native generation width in pixels (e.g. 1280 for TI2V-5B landscape).")
+    height: int = Field(description="Native generation height in pixels (e.g. 704 for TI2V-5B landscape).")
+    num_frames: int = Field(description="Frames to generate; k*4+1 for Wan.")
+    num_inference_steps: int = Field(description="Denoising steps.")
+    guidance_scale: float = Field(description="Classifier-free guidance scale.")
+    seed: int = Field(description="Seed of the CPU torch.Generator that draws the initial latents.")
+
+
+class JobSpec(BaseModel):
+    """What the router hands the generator: one job to run and write."""
+
+    id: str = Field(description="Job id.")
+    variant: str = Field(description="Variant name.")
+    params: GenerationParams
+    output_size: Size = Field(description="Size of the written video (the API size, e.g. 1280x720).")
+    filename: str | None = Field(default=None, description="Sanitized output filename, or None for the default name.")
+
+
+class ProgressEvent(BaseModel):
+    """One progress report from the generator, streamed to the router."""
+
+    phase: Phase
+    step: int = Field(default=0, description="Denoising steps completed.")
+    total_steps: int = Field(default=0, description="Denoising steps in this job.")
+    step_seconds: float | None = Field(default=None, description="Mean wall time of a denoising step so far, seconds.")
+    gpu_id: str = Field(description="GPU index of the replica, or 'cpu'.")
+
+
+class JobResult(BaseModel):
+    """The generator's last message for a successful job."""
+
+    filename: str = Field(description="File name in the output folder.")
+    size_bytes: int = Field(description="Size of the written file in bytes.")
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    pipeline_seconds: float = Field(description="Wall time inside the diffusers pipeline call, seconds.")
+    encode_seconds: float = Field(description="Wall time of MP4 encoding, seconds.")
+    gpu_id: str

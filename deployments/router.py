@@ -1,0 +1,297 @@
+"""The router deployment: owns the FIFO job queue, backpressure, dispatch to the generators and
+progress. It is the only writer of the job store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.errors import (
+    FileNotFoundForJob,
+    FilenameTaken,
+    JobNotFound,
+    QueueFull,
+    VariantNotDeployed,
+)
+from deployments.job_store import JobRecord, JobStore
+from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent
+
+logger = logging.getLogger("ray.serve")
+
+
+class RouterConfig(BaseModel):
+    """Settings of the router deployment (from the app builder's arguments)."""
+
+    db_path: str = Field(description="SQLite job store file.")
+    output_dir: str = Field(description="Folder the generators write result files to.")
+    max_queued_jobs: int = Field(ge=0, description="Jobs allowed to wait; one more gets HTTP 429 (backpressure).")
+    slots: dict[str, int] = Field(description="Variant -> generator replicas, i.e. jobs it may run at once.")
+    retry_after_s: int = Field(default=30, ge=1, description="Retry-After when no job duration has been measured yet, seconds.")
+
+
+class JobView(BaseModel):
+    """A job as callers see it: its record plus live queue position and ETA."""
+
+    record: JobRecord
+    queue_position: int | None = Field(default=None, description="1 = next of its variant to start; None unless queued.")
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds until the file is written.")
+
+
+class _Running:
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.task: asyncio.Task | None = None
+        self.stream = None
+        self.canceled = False
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+class Router:
+    """One replica. Jobs are dispatched in FIFO order per variant, one per free generator replica."""
+
+    async def __init__(self, config: RouterConfig, generators: dict[str, DeploymentHandle]) -> None:
+        self.config = config
+        self.generators = generators
+        self.store = JobStore(Path(config.db_path))
+        self.output_dir = Path(config.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.running: dict[str, _Running] = {}
+        # A job that was running when a router died goes back to the queue, in FIFO order.
+        for rec in self.store.by_status([JobStatus.running]):
+            self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
+        self.queue: list[str] = [r.id for r in self.store.by_status([JobStatus.queued])]
+        self._variant_of = {r.id: r.variant for r in self.store.by_status([JobStatus.queued])}
+        self._wake = asyncio.Event()
+        self._dispatcher = asyncio.create_task(self._dispatch_loop())
+        self._wake.set()
+
+    # ---- queue and dispatch -------------------------------------------------------------
+
+    def _queued_of(self, variant: str) -> list[str]:
+        return [j for j in self.queue if self._variant_of[j] == variant]
+
+    def _running_of(self, variant: str) -> list[_Running]:
+        return [r for r in self.running.values() if r.spec.variant == variant]
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for job_id in list(self.queue):
+                variant = self._variant_of[job_id]
+                if len(self._running_of(variant)) >= self.config.slots.get(variant, 0):
+                    continue
+                self.queue.remove(job_id)
+                rec = self.store.get(job_id)
+                if rec is None or rec.status != JobStatus.queued:
+                    continue
+                run = _Running(rec.spec)
+                self.running[job_id] = run
+                run.task = asyncio.create_task(self._run(run))
+
+    async def _run(self, run: _Running) -> None:
+        spec = run.spec
+        started = time.time()
+        self.store.update(spec.id, status=JobStatus.running, phase=Phase.loading.value, started_at=started,
+                          attempts=self.store.get(spec.id).attempts + 1)
+        try:
+            run.stream = self.generators[spec.variant].options(stream=True).generate.remote(spec)
+            async for item in run.stream:
+                if run.canceled:
+                    break
+                if isinstance(item, ProgressEvent):
+                    self.store.update(spec.id, phase=item.phase.value, step=item.step, total_steps=item.total_steps,
+                                      step_seconds=item.step_seconds, gpu_id=item.gpu_id)
+                elif isinstance(item, JobResult):
+                    finished = time.time()
+                    self.store.update(spec.id, status=JobStatus.success, phase=None, filename=item.filename,
+                                      result=item.model_dump(), finished_at=finished, gpu_id=item.gpu_id)
+                    self.store.record_job_seconds(spec.variant, finished - started)
+        except asyncio.CancelledError:
+            if not run.canceled:
+                raise
+        except Exception as exc:  # every job ends in a terminal state
+            if not run.canceled:
+                logger.exception("job %s failed", spec.id)
+                code = getattr(exc, "code", "internal")
+                self.store.update(spec.id, status=JobStatus.error, error_code=code,
+                                  error_message=f"generation failed ({type(exc).__name__}); the server log has details",
+                                  finished_at=time.time())
+        finally:
+            rec = self.store.get(spec.id)
+            if rec is not None and rec.status == JobStatus.running and not run.canceled:
+                self.store.update(spec.id, status=JobStatus.error, error_code="internal",
+                                  error_message="the generator stream ended without a result", finished_at=time.time())
+            self.running.pop(spec.id, None)
+            self._wake.set()
+
+    # ---- ETA ------------------------------------------------------------------------------
+
+    def _remaining_seconds(self, run: _Running) -> float | None:
+        rec = self.store.get(run.spec.id)
+        avg = self.store.avg_job_seconds(run.spec.variant)
+        left_by_avg = max(avg - (time.time() - rec.started_at), 0.0) if avg is not None and rec.started_at else None
+        if rec.step_seconds and rec.total_steps:
+            left_by_steps = rec.step_seconds * (rec.total_steps - rec.step)
+            # The decode and the encode follow the last step; the average job time covers them.
+            return max(left_by_steps, left_by_avg or 0.0)
+        return left_by_avg
+
+    def _view(self, rec: JobRecord) -> JobView:
+        if rec.status == JobStatus.running and rec.id in self.running:
+            return JobView(record=rec, eta_seconds=self._remaining_seconds(self.running[rec.id]))
+        if rec.status != JobStatus.queued or rec.id not in self.queue:
+            return JobView(record=rec)
+        ahead = self._queued_of(rec.variant)
+        position = ahead.index(rec.id) + 1
+        avg = self.store.avg_job_seconds(rec.variant)
+        eta = None
+        if avg is not None:
+            slots = max(self.config.slots.get(rec.variant, 1), 1)
+            running = [self._remaining_seconds(r) or 0.0 for r in self._running_of(rec.variant)]
+            # Waits for a free replica (the soonest running job, if all are busy), then for the
+            # queued jobs ahead of it in rounds of `slots`, then runs itself.
+            wait_free = min(running) if len(running) >= slots else 0.0
+            eta = wait_free + avg * (math.ceil(position / slots) - 1) + avg
+        return JobView(record=rec, queue_position=position, eta_seconds=eta)
+
+    # ---- calls from the ingress -----------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> JobView:
+        """Store ``spec`` as a queued job and wake the dispatcher.
+
+        Raises:
+            VariantNotDeployed: no generator serves ``spec.variant``.
+            QueueFull: ``max_queued_jobs`` jobs are already waiting.
+            FilenameTaken: another live job or file already uses ``spec.filename``.
+        """
+        if spec.variant not in self.generators:
+            raise VariantNotDeployed(f"variant {spec.variant!r} is not deployed", deployed=sorted(self.generators))
+        if len(self.queue) >= self.config.max_queued_jobs:
+            avg = self.store.avg_job_seconds(spec.variant)
+            retry = math.ceil(avg) if avg else self.config.retry_after_s
+            raise QueueFull(
+                f"{len(self.queue)} jobs are already waiting (max_queued_jobs={self.config.max_queued_jobs}); "
+                f"retry in about {retry} s",
+                retry_after_s=retry,
+            )
+        if spec.filename and (self.store.filename_owner(spec.filename) or (self.output_dir / spec.filename).exists()):
+            raise FilenameTaken(f"filename {spec.filename!r} is already used by another job; choose another name")
+        rec = self.store.insert(spec)
+        self.queue.append(spec.id)
+        self._variant_of[spec.id] = spec.variant
+        self._wake.set()
+        return self._view(rec)
+
+    def _get(self, job_id: str) -> JobRecord:
+        rec = self.store.get(job_id)
+        if rec is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return rec
+
+    async def status(self, job_id: str) -> JobView:
+        """The job's record with its queue position and ETA. Raises JobNotFound."""
+        return self._view(self._get(job_id))
+
+    async def lookup(self, prompt: str) -> JobView:
+        """The newest job submitted with exactly ``prompt``. Raises JobNotFound."""
+        rec = self.store.newest_with_prompt(prompt)
+        if rec is None:
+            raise JobNotFound("no job has that prompt")
+        return self._view(rec)
+
+    async def cancel(self, job_id: str) -> JobView:
+        """Cancel a queued or running job; it ends ``canceled`` and writes no file.
+
+        A queued job is removed before it reaches a generator; a running one stops after
+        its current denoising step. Terminal jobs are returned unchanged. Raises JobNotFound.
+        """
+        rec = self._get(job_id)
+        if rec.status.terminal:
+            return self._view(rec)
+        self.store.update(job_id, status=JobStatus.canceled, error_code="canceled", error_message="canceled by request",
+                          finished_at=time.time())
+        if job_id in self.queue:
+            self.queue.remove(job_id)
+        run = self.running.get(job_id)
+        if run is not None:
+            run.canceled = True
+            if run.stream is not None:
+                run.stream.cancel()
+            if run.task is not None:
+                run.task.cancel()
+                await asyncio.gather(run.task, return_exceptions=True)
+        self._wake.set()
+        return self._view(self._get(job_id))
+
+    def _select(self, ids: list[str] | None, status: JobStatus | None, all_jobs: bool) -> list[JobRecord]:
+        if all_jobs:
+            return self.store.all()
+        if ids:
+            return self.store.by_ids(ids)
+        if status is not None:
+            return self.store.by_status([status])
+        return []
+
+    def _remove_file(self, filename: str | None) -> bool:
+        if not filename:
+            return False
+        path = self.output_dir / filename
+        if path.is_file():
+            path.unlink()
+            return True
+        return False
+
+    async def delete_jobs(self, ids: list[str] | None = None, status: JobStatus | None = None,
+                          all_jobs: bool = False, delete_files: bool = False) -> dict:
+        """Cancel the selected queued and running jobs, then remove every selected job.
+
+        Returns ``{"deleted": [ids], "canceled": [ids], "files_deleted": [filenames]}``.
+        """
+        selected = self._select(ids, status, all_jobs)
+        canceled, files = [], []
+        for rec in selected:
+            if not rec.status.terminal:
+                await self.cancel(rec.id)
+                canceled.append(rec.id)
+            if delete_files and rec.status == JobStatus.success and not rec.file_deleted and self._remove_file(rec.filename):
+                files.append(rec.filename)
+        self.store.delete([r.id for r in selected])
+        return {"deleted": [r.id for r in selected], "canceled": canceled, "files_deleted": files}
+
+    async def videos(self) -> list[JobRecord]:
+        """Successful jobs whose file still exists, oldest first."""
+        return [r for r in self.store.videos() if (self.output_dir / r.filename).is_file()]
+
+    async def delete_videos(self, filenames: list[str] | None = None, ids: list[str] | None = None,
+                            all_videos: bool = False) -> dict:
+        """Delete result files (the jobs stay, marked file_deleted). Returns ``{"files_deleted": [...]}``."""
+        recs = self.store.videos()
+        if not all_videos:
+            wanted_names, wanted_ids = set(filenames or []), set(ids or [])
+            recs = [r for r in recs if r.filename in wanted_names or r.id in wanted_ids]
+        deleted = []
+        for rec in recs:
+            if self._remove_file(rec.filename):
+                deleted.append(rec.filename)
+            self.store.update(rec.id, file_deleted=1)
+        return {"files_deleted": deleted}
+
+    async def resolve_file(self, filename: str) -> str:
+        """Absolute path of a result file this service wrote. Raises FileNotFoundForJob otherwise."""
+        rec = self.store.filename_owner(filename)
+        path = self.output_dir / filename
+        if rec is None or rec.status != JobStatus.success or not path.is_file():
+            raise FileNotFoundForJob(f"no video named {filename!r}; GET /videos lists them")
+        return str(path)
+
+    async def queue_depth(self) -> dict:
+        """Queued and running job counts per variant."""
+        return {v: {"queued": len(self._queued_of(v)), "running": len(self._running_of(v))} for v in self.generators}

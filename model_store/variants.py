@@ -1,0 +1,198 @@
+"""The variant registry: one pydantic-validated YAML file per model variant in ``configs/``.
+
+A *variant* is one servable model (``ti2v-5b``) or its tiny random-weight twin
+(``ti2v-5b-tiny``). Both load through the same code; only the weight source and
+the defaults differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model_store.settings import StoreSettings
+
+#: The output sizes the HTTP API accepts, as "WIDTHxHEIGHT" (pixels).
+API_SIZES: tuple[str, ...] = ("1280x720", "720x1280")
+
+
+class VariantNotFound(LookupError):
+    """No YAML file in the configs folder names this variant."""
+
+
+class Size(BaseModel):
+    """A frame size in pixels."""
+
+    model_config = ConfigDict(frozen=True)
+
+    width: int = Field(gt=0, description="Frame width in pixels.")
+    height: int = Field(gt=0, description="Frame height in pixels.")
+
+    @classmethod
+    def parse(cls, text: str) -> "Size":
+        """Parse ``"1280x720"`` into ``Size(width=1280, height=720)``; raises ValueError otherwise."""
+        w, sep, h = text.partition("x")
+        if not sep or not w.isdigit() or not h.isdigit():
+            raise ValueError(f"size must look like WIDTHxHEIGHT, got {text!r}")
+        return cls(width=int(w), height=int(h))
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+class WeightsSource(BaseModel):
+    """Where the diffusers-layout weights come from: a local folder, or a Hugging Face repo at a revision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo_id: str | None = Field(default=None, description="Hugging Face repo id, e.g. Wan-AI/Wan2.2-TI2V-5B-Diffusers.")
+    revision: str | None = Field(default=None, description="Git revision (commit SHA) of repo_id to load.")
+    local_path: Path | None = Field(
+        default=None,
+        description="Local diffusers folder; relative paths resolve against WAN_SERVE_MODEL_DIR. "
+        "Takes precedence over repo_id when the folder exists.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "WeightsSource":
+        if self.repo_id is None and self.local_path is None:
+            raise ValueError("weights need a repo_id or a local_path")
+        return self
+
+
+class DeploymentOptions(BaseModel):
+    """Ray Serve options for this variant's generator deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(default=1, ge=1, description="Generator replicas; one per GPU on GPU configs.")
+    num_gpus: float = Field(default=0, ge=0, description="ray_actor_options.num_gpus per replica: 1 on GPU, 0 on CPU.")
+    num_cpus: float = Field(default=1, ge=0, description="ray_actor_options.num_cpus per replica.")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads in the replica; None keeps torch's default.")
+
+
+class GenerationDefaults(BaseModel):
+    """Per-request defaults, used where the request leaves a field out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_frames: int = Field(ge=1, description="Frames in the output video; must satisfy the variant's 4k+1 rule.")
+    num_inference_steps: int = Field(ge=1, description="Denoising steps.")
+    guidance_scale: float = Field(ge=0, description="Classifier-free guidance scale; <= 1 disables CFG.")
+    negative_prompt: str = Field(default="", description="Negative prompt used when the request sends none.")
+
+
+class Limits(BaseModel):
+    """Upper bounds a request may ask for; checked before a job is queued."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_frames: int = Field(ge=1, description="Largest num_frames a request may ask for.")
+    max_inference_steps: int = Field(ge=1, description="Largest num_inference_steps a request may ask for.")
+
+
+class VariantConfig(BaseModel):
+    """One model variant, as written in ``configs/<name>.yaml``.
+
+    Sizes are ``WIDTHxHEIGHT`` in pixels; ``fps`` is frames per second of the written video.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Variant name used in requests and deployment names, e.g. ti2v-5b.")
+    description: str = Field(default="", description="One line for humans.")
+    pipeline_class: Literal["WanPipeline"] = Field(description="diffusers pipeline class the weights load into.")
+    weights: WeightsSource = Field(description="Where the weights come from.")
+    tiny_twin: str | None = Field(default=None, description="Name of this variant's tiny random-weight twin, if any.")
+    twin_of: str | None = Field(default=None, description="For a tiny twin: the real variant it mirrors.")
+    native_sizes: dict[str, Size] = Field(
+        description="API size (one of 1280x720, 720x1280) -> size the pipeline generates at natively."
+    )
+    resize_mode: Literal["pad", "scale"] = Field(
+        default="pad",
+        description="How native frames reach the API size: pad with black bands (no distortion) or scale.",
+    )
+    fps: int = Field(gt=0, description="Frames per second of the output video.")
+    temporal_compression: int = Field(
+        default=4, ge=1, description="VAE temporal compression; num_frames must be k*temporal_compression+1."
+    )
+    defaults: GenerationDefaults
+    limits: Limits
+    torch_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="dtype of the transformer and text encoder."
+    )
+    vae_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="float32", description="dtype of the VAE; the Wan model cards recommend float32."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="Device the pipeline runs on; auto picks cuda when the replica has a GPU."
+    )
+    max_sequence_length: int = Field(default=512, ge=1, description="Text tokens per prompt (Wan uses 512).")
+    warmup: bool = Field(default=True, description="Run one short generation at replica start so the first job is not slow.")
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    @model_validator(mode="after")
+    def _check(self) -> "VariantConfig":
+        unknown = set(self.native_sizes) - set(API_SIZES)
+        if unknown:
+            raise ValueError(f"native_sizes keys must be among {API_SIZES}, got {sorted(unknown)}")
+        if not self.native_sizes:
+            raise ValueError("native_sizes must map at least one API size")
+        if not self.frames_ok(self.defaults.num_frames):
+            raise ValueError(f"defaults.num_frames={self.defaults.num_frames} breaks the {self.frame_rule} rule")
+        return self
+
+    @property
+    def frame_rule(self) -> str:
+        """Human-readable frame-count rule, e.g. ``4k+1``."""
+        return f"{self.temporal_compression}k+1"
+
+    def frames_ok(self, num_frames: int) -> bool:
+        """True when ``num_frames`` is ``k * temporal_compression + 1`` for some k >= 0."""
+        return num_frames >= 1 and (num_frames - 1) % self.temporal_compression == 0
+
+    def weights_location(self, settings: StoreSettings | None = None) -> str:
+        """The string to hand to ``from_pretrained``: an absolute local folder if it exists, else the repo id.
+
+        Raises:
+            FileNotFoundError: only a local_path is configured and the folder is missing.
+        """
+        settings = settings or StoreSettings()
+        if self.weights.local_path is not None:
+            path = self.weights.local_path
+            if not path.is_absolute():
+                path = settings.model_dir / path
+            if path.is_dir():
+                return str(path.resolve())
+            if self.weights.repo_id is None:
+                hint = " (build it with `wan-serve models build-tiny`)" if self.twin_of else ""
+                raise FileNotFoundError(f"weights folder for variant {self.name!r} is missing: {path}{hint}")
+        assert self.weights.repo_id is not None
+        return self.weights.repo_id
+
+
+def load_variant(name: str, settings: StoreSettings | None = None) -> VariantConfig:
+    """Load and validate ``configs/<name>.yaml``.
+
+    Raises:
+        VariantNotFound: no such file.
+        pydantic.ValidationError: the file does not match VariantConfig.
+    """
+    settings = settings or StoreSettings()
+    path = settings.configs_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise VariantNotFound(f"no variant config {name!r}; known: {', '.join(list_variants(settings))}")
+    data = yaml.safe_load(path.read_text())
+    config = VariantConfig.model_validate(data)
+    if config.name != name:
+        raise ValueError(f"{path.name} declares name {config.name!r}; the file name and the name must agree")
+    return config
+
+
+def list_variants(settings: StoreSettings | None = None) -> list[str]:
+    """Names of every variant config in the configs folder, sorted."""
+    settings = settings or StoreSettings()
+    return sorted(p.stem for p in settings.configs_dir.glob("*.yaml"))

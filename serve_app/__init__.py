@@ -1,0 +1,1 @@
+"""HTTP ingress of wan-serve: FastAPI routes, request/response schemas and the app builder."""

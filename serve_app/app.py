@@ -1,0 +1,68 @@
+"""The app builder that serve_config.yaml names: ``serve_app.app:build_app``.
+
+Graph: Ingress -> Router -> one Generator deployment per variant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray.serve import Application
+
+from deployments.generator import Generator
+from deployments.router import Router, RouterConfig
+from model_store.variants import load_variant
+from serve_app.ingress import Ingress, generator_deployment_name
+from serve_app.settings import ServiceSettings
+
+
+class AppArgs(BaseModel):
+    """Arguments of ``build_app`` (the ``args:`` block of serve_config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variants: list[str] = Field(
+        default=["ti2v-5b-tiny"], min_length=1,
+        description="Variants to deploy, by configs/<name>.yaml; each gets its own generator deployment.",
+    )
+    default_variant: str | None = Field(default=None, description="Variant used when a request names none; default: the first.")
+    max_queued_jobs: int = Field(default=64, ge=0, description="Waiting jobs allowed before POST answers 429 (backpressure).")
+    data_dir: Path | None = Field(default=None, description="State folder (jobs.db, outputs/); default WAN_SERVE_DATA_DIR or ./var.")
+
+    @model_validator(mode="after")
+    def _default_in_variants(self) -> "AppArgs":
+        if self.default_variant is not None and self.default_variant not in self.variants:
+            raise ValueError(f"default_variant {self.default_variant!r} is not among variants {self.variants}")
+        return self
+
+
+def build_app(args: dict | AppArgs | None = None) -> Application:
+    """Build the wan-serve application from ``args`` (a dict from serve_config.yaml, or AppArgs).
+
+    Raises:
+        pydantic.ValidationError: bad arguments.
+        model_store.variants.VariantNotFound: a variant without a config file.
+    """
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    data_dir = (args.data_dir or ServiceSettings().data_dir).resolve()
+    output_dir = data_dir / "outputs"
+    configs = {name: load_variant(name) for name in args.variants}
+    generators = {
+        name: Generator.options(
+            name=generator_deployment_name(name),
+            num_replicas=cfg.deployment.num_replicas,
+            ray_actor_options={"num_gpus": cfg.deployment.num_gpus, "num_cpus": cfg.deployment.num_cpus},
+        ).bind(cfg, str(output_dir))
+        for name, cfg in configs.items()
+    }
+    router = Router.bind(
+        RouterConfig(
+            db_path=str(data_dir / "jobs.db"),
+            output_dir=str(output_dir),
+            max_queued_jobs=args.max_queued_jobs,
+            slots={name: cfg.deployment.num_replicas for name, cfg in configs.items()},
+        ),
+        generators,
+    )
+    return Ingress.bind(router, configs, args.default_variant or args.variants[0])

@@ -1,0 +1,83 @@
+"""The one place where errors become HTTP answers: ``{"error": {"code", "message", ...}}``.
+
+No answer carries a traceback or a server path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments import errors as e
+
+logger = logging.getLogger("ray.serve")
+
+STATUS_CODES: dict[type[e.ServiceError], int] = {
+    e.ValidationFailed: 422,
+    e.QueueFull: 429,
+    e.VariantNotDeployed: 404,
+    e.JobNotFound: 404,
+    e.FileNotFoundForJob: 404,
+    e.FilenameTaken: 409,
+    e.ModelUnavailable: 503,
+}
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The ServiceError behind a Ray task error, if any (Ray wraps exceptions raised in replicas)."""
+    seen = 0
+    while not isinstance(exc, e.ServiceError) and getattr(exc, "cause", None) is not None and seen < 5:
+        exc, seen = exc.cause, seen + 1
+    return exc
+
+
+def error_response(exc: e.ServiceError) -> JSONResponse:
+    status = next((code for cls, code in STATUS_CODES.items() if isinstance(exc, cls)), 500)
+    body = {"code": exc.code, "message": exc.message}
+    body.update({k: v for k, v in exc.details.items() if k != "retry_after_s"})
+    headers = {}
+    if "retry_after_s" in exc.details:
+        headers["Retry-After"] = str(int(exc.details["retry_after_s"]))
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _describe(err: dict) -> str:
+    where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+    return f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.exception_handler(e.ServiceError)
+    async def _service(_: Request, exc: e.ServiceError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        messages = [_describe(err) for err in exc.errors()]
+        return JSONResponse(
+            {"error": {"code": "validation_error", "message": "; ".join(messages),
+                       "fields": [".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()]}},
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception):
+        inner = unwrap(exc)
+        if isinstance(inner, e.ServiceError):
+            return error_response(inner)
+        logger.exception("unhandled error")
+        return JSONResponse(
+            {"error": {"code": "internal", "message": "internal error; the server log has the details"}},
+            status_code=500,
+        )

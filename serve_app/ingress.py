@@ -1,0 +1,138 @@
+"""The HTTP ingress deployment: FastAPI routes through ``serve.ingress``. OpenAPI at /docs."""
+
+
+import asyncio
+from typing import Literal
+
+from fastapi import FastAPI, Query
+from fastapi.responses import FileResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.errors import ValidationFailed
+from deployments.jobs import JobStatus
+from model_store.variants import VariantConfig
+from serve_app import errors
+from serve_app.filenames import sanitize_filename
+from serve_app.protocol import (
+    DeleteJobsResult,
+    DeleteVideosResult,
+    ErrorResponse,
+    GenerateAccepted,
+    GenerateRequest,
+    JobStatusResponse,
+    VideoInfo,
+)
+from serve_app.serving import JobService
+
+api = FastAPI(
+    title="wan-serve",
+    summary="Wan 2.2 video generation over HTTP: submit a prompt, poll progress, download an MP4.",
+    version="0.1.0",
+)
+errors.install(api)
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)}
+
+
+def _split(csv: str | None) -> list[str]:
+    return [part for part in (csv or "").split(",") if part]
+
+
+def generator_deployment_name(variant: str) -> str:
+    """Ray Serve deployment name of ``variant``'s generator, e.g. ``generator-ti2v-5b``."""
+    return f"generator-{variant}"
+
+
+@serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Ingress:
+    """Validates requests, forwards them to the router, and serves result files."""
+
+    def __init__(self, router: DeploymentHandle, variants: dict[str, VariantConfig], default_variant: str) -> None:
+        self.router = router
+        self.jobs = JobService(variants, default_variant)
+
+    @api.post("/generate", status_code=202, response_model=GenerateAccepted, responses=_ERRORS)
+    async def generate(self, req: GenerateRequest) -> GenerateAccepted:
+        """Queue a video generation job. The job is stored before this answers 202."""
+        spec = self.jobs.build_spec(req)
+        return self.jobs.accepted(await self.router.submit.remote(spec))
+
+    @api.get("/status/{job_id}", response_model=JobStatusResponse, responses=_ERRORS)
+    async def status(self, job_id: str) -> JobStatusResponse:
+        """Status, progress (0..1), ETA, and the file URL once done."""
+        return self.jobs.status(await self.router.status.remote(job_id))
+
+    @api.post("/jobs/{job_id}/cancel", response_model=JobStatusResponse, responses=_ERRORS)
+    async def cancel(self, job_id: str) -> JobStatusResponse:
+        """Cancel a queued or running job; it ends `canceled` and writes no file. The job stays listed."""
+        return self.jobs.status(await self.router.cancel.remote(job_id))
+
+    @api.get("/jobs/lookup", response_model=JobStatusResponse, responses=_ERRORS)
+    async def lookup(self, prompt: str = Query(min_length=1, description="Exact prompt text.")) -> JobStatusResponse:
+        """The newest job submitted with exactly this prompt."""
+        return self.jobs.status(await self.router.lookup.remote(prompt))
+
+    @api.delete("/jobs", response_model=DeleteJobsResult, responses=_ERRORS)
+    async def delete_jobs(
+        self,
+        ids: str | None = Query(default=None, description="Comma-separated job ids."),
+        status: JobStatus | None = Query(default=None, description="Every job in this status."),
+        all: bool = Query(default=False, description="Every job."),
+        delete_files: bool = Query(default=False, description="Also delete the jobs' result files."),
+    ) -> DeleteJobsResult:
+        """Cancel the selected queued and running jobs, then remove the selected jobs."""
+        if not (ids or status or all):
+            raise ValidationFailed("say which jobs: ids=a,b or status=queued|running|success|error|canceled or all=true")
+        result = await self.router.delete_jobs.remote(_split(ids) or None, status, all, delete_files)
+        return DeleteJobsResult(**result)
+
+    @api.get("/videos", response_model=list[VideoInfo])
+    async def videos(self) -> list[VideoInfo]:
+        """Every result video still on disk, oldest first."""
+        return [self.jobs.video(r) for r in await self.router.videos.remote()]
+
+    @api.delete("/videos", response_model=DeleteVideosResult, responses=_ERRORS)
+    async def delete_videos(
+        self,
+        filenames: str | None = Query(default=None, description="Comma-separated file names."),
+        ids: str | None = Query(default=None, description="Comma-separated job ids."),
+        all: bool = Query(default=False, description="Every video."),
+    ) -> DeleteVideosResult:
+        """Delete result files; their jobs stay, with file_url null."""
+        if not (filenames or ids or all):
+            raise ValidationFailed("say which videos: filenames=a.mp4,b.mp4 or ids=a,b or all=true")
+        result = await self.router.delete_videos.remote(_split(filenames) or None, _split(ids) or None, all)
+        return DeleteVideosResult(**result)
+
+    @api.get("/files/{filename}", response_class=FileResponse, responses=_ERRORS)
+    async def files(self, filename: str):
+        """Download an MP4 this service wrote (nothing else is served)."""
+        safe = sanitize_filename(filename)
+        path = await self.router.resolve_file.remote(safe)
+        return FileResponse(path, media_type="video/mp4", filename=safe)
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        """Liveness: the HTTP process answers. No model work, no Ray calls."""
+        return {"status": "ok"}
+
+    @api.get("/ready", responses={503: {"description": "Some variant has no running generator replica."}})
+    async def ready(self) -> Response:
+        """Readiness: every configured variant has at least one running generator replica."""
+        app_name = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)
+        deployments = status.applications[app_name].deployments
+        variants, ready = {}, True
+        for name in sorted(self.jobs.variants):
+            dep = deployments.get(generator_deployment_name(name))
+            running = (dep.replica_states or {}).get("RUNNING", 0) if dep else 0
+            entry = {"ready": running > 0, "running_replicas": running,
+                     "deployment_status": str(dep.status.value if dep else "MISSING")}
+            if running == 0:
+                entry["reason"] = (dep.message if dep and dep.message else "no generator replica is running yet")
+                ready = False
+            variants[name] = entry
+        body = {"status": "ready" if ready else "not_ready", "variants": variants}
+        return JSONResponse(body, status_code=200 if ready else 503)

@@ -1,0 +1,21 @@
+"""Process settings of the service, read from ``WAN_SERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_store.settings import PROJECT_ROOT
+
+
+class ServiceSettings(BaseSettings):
+    """Where the service keeps its state on this host."""
+
+    model_config = SettingsConfigDict(env_prefix="WAN_SERVE_")
+
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "var",
+        description="Holds jobs.db (the SQLite job store) and outputs/ (result videos) (env WAN_SERVE_DATA_DIR).",
+    )
