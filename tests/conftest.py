@@ -1,0 +1,84 @@
+"""Shared fixtures: the tiny twin on disk, and a real local Ray cluster running the app."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_store.tiny_twin import ensure_tiny_twins
+
+TINY = "ti2v-5b-tiny"
+TERMINAL = {"success", "error", "canceled"}
+
+
+@pytest.fixture(scope="session")
+def tiny_weights() -> Path:
+    """The tiny twin's diffusers folder (built if missing)."""
+    return ensure_tiny_twins([TINY])[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_serve(tiny_weights):
+    """A local Ray cluster with Serve's HTTP proxy on 127.0.0.1; yields the base URL."""
+    import ray
+    from ray import serve
+
+    port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy(base_url: str, name: str, data_dir: Path, **args) -> str:
+    """Run the wan-serve app as ``name`` under ``/name``; returns its base URL."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app({"data_dir": str(data_dir), **args}), name=name, route_prefix=f"/{name}")
+    return f"{base_url}/{name}"
+
+
+@pytest.fixture(scope="session")
+def app_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("wan-serve-data")
+
+
+@pytest.fixture(scope="session")
+def app_url(ray_serve, app_dir) -> str:
+    """The app on the tiny twin, with a roomy queue."""
+    return deploy(ray_serve, "main", app_dir, max_queued_jobs=8)
+
+
+@pytest.fixture
+def client(app_url):
+    with httpx.Client(base_url=app_url, timeout=60) as c:
+        yield c
+
+
+def wait_for(client: httpx.Client, job_id: str, until, timeout: float = 120.0, poll: float = 0.1) -> list[dict]:
+    """Poll /status until ``until(status_json)``; returns every status seen. Fails on timeout."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/status/{job_id}").json()
+        seen.append(body)
+        if until(body):
+            return seen
+        time.sleep(poll)
+    raise AssertionError(f"job {job_id} did not reach the expected state in {timeout}s; last: {seen[-1]}")
+
+
+def wait_terminal(client, job_id, timeout=120.0):
+    return wait_for(client, job_id, lambda s: s["status"] in TERMINAL, timeout)

@@ -1,0 +1,19 @@
+import pytest
+
+from deployments.errors import ValidationFailed
+from serve_app.filenames import sanitize_filename
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [("clip", "clip.mp4"), ("clip.mp4", "clip.mp4"), ("My Clip!.MP4", "My_Clip_.MP4"), ("a.avi", "a.avi.mp4")],
+)
+def test_sanitized_names(given, expected):
+    assert sanitize_filename(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["../../x", "a/b", "a\\b", "..", ".hidden", "", "   "])
+def test_unsafe_names_are_refused_with_a_reason(bad):
+    with pytest.raises(ValidationFailed) as err:
+        sanitize_filename(bad)
+    assert "filename" in err.value.message

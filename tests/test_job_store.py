@@ -1,0 +1,49 @@
+import sqlite3
+
+from deployments.job_store import ETA_EMA_ALPHA, JobStore
+from deployments.jobs import GenerationParams, JobSpec, JobStatus
+from model_store.variants import Size
+
+
+def _spec(i: int, variant="v", filename=None) -> JobSpec:
+    params = GenerationParams(prompt=f"p{i}", width=64, height=64, num_frames=5, num_inference_steps=2,
+                              guidance_scale=1.0, seed=i)
+    return JobSpec(id=f"job{i}", variant=variant, params=params, output_size=Size(width=64, height=64),
+                   filename=filename)
+
+
+def test_jobs_survive_reopening_in_fifo_order(tmp_path):
+    db = tmp_path / "jobs.db"
+    store = JobStore(db)
+    for i in range(5):
+        store.insert(_spec(i))
+    store.update("job1", status=JobStatus.running)
+    store.update("job3", status=JobStatus.success, filename="a.mp4", result={"size_bytes": 3})
+    store.close()
+
+    again = JobStore(db)
+    assert [r.id for r in again.by_status([JobStatus.queued])] == ["job0", "job2", "job4"]
+    rec = again.get("job3")
+    assert rec.status == JobStatus.success and rec.result == {"size_bytes": 3} and rec.spec.params.seed == 3
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_lookup_filenames_and_delete(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    store.insert(_spec(1, filename="x.mp4"))
+    store.insert(_spec(2))
+    store.update("job2", prompt="p1")
+    assert store.newest_with_prompt("p1").id == "job2"
+    assert store.filename_owner("x.mp4").id == "job1"
+    store.update("job1", status=JobStatus.canceled)
+    assert store.filename_owner("x.mp4") is None  # a canceled job frees its name
+    store.delete(["job1", "job2"])
+    assert store.all() == []
+
+
+def test_job_duration_moving_average(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    assert store.avg_job_seconds("v") is None
+    store.record_job_seconds("v", 10.0)
+    store.record_job_seconds("v", 20.0)
+    assert abs(store.avg_job_seconds("v") - (10 * (1 - ETA_EMA_ALPHA) + 20 * ETA_EMA_ALPHA)) < 1e-9
