@@ -55,6 +55,9 @@ class JobStatusResponse(BaseModel):
     filename: str | None
     file_url: str | None = Field(description="Where to download the MP4 once status is success.")
     error: dict | None = Field(description="{code, message} when status is error or canceled.")
+    timings: dict | None = Field(
+        default=None, description="On success: pipeline_seconds (prompt encoding, denoising, VAE decode) and "
+        "encode_seconds (MP4), wall time in seconds on the replica.")
     created_at: float = Field(description="Unix seconds.")
     started_at: float | None
     finished_at: float | None

@@ -118,7 +118,9 @@ class JobService:
             phase=rec.phase if rec.status == JobStatus.running else None, step=rec.step, total_steps=rec.total_steps,
             queue_position=view.queue_position, eta_seconds=view.eta_seconds, gpu_id=rec.gpu_id,
             seed=rec.spec.params.seed, filename=rec.filename, file_url=file_url(rec.filename) if has_file else None,
-            error=error, created_at=rec.created_at, started_at=rec.started_at, finished_at=rec.finished_at,
+            error=error, created_at=rec.created_at,
+            timings={k: rec.result[k] for k in ("pipeline_seconds", "encode_seconds")} if rec.result else None,
+            started_at=rec.started_at, finished_at=rec.finished_at,
         )
 
     @staticmethod

@@ -53,6 +53,7 @@ def test_prompt_in_mp4_out(client, tiny_weights):
     assert progress == sorted(progress), "progress must never go back"
     assert any(0 < p < 1 for p in progress), "progress must rise through the run"
     assert final["progress"] == 1.0 and final["gpu_id"] == "cpu" and final["seed"] == 42
+    assert 0 < final["timings"]["pipeline_seconds"] < final["finished_at"] - final["created_at"]
     assert final["filename"].startswith("result_cpu_") and final["filename"].endswith(".mp4")
 
     video = client.get(final["file_url"])
@@ -85,6 +86,11 @@ def test_portrait(client):
     frames, _ = _decode(client.get(final["file_url"]).content)
     assert frames.shape == (5, 1280, 720, 3)
     assert frames[:, :, :6].mean() < 4 and frames[:, :, -6:].mean() < 4
+
+    # With a measured job duration on record, a queued job gets an ETA.
+    again = client.post("/generate", json={"prompt": "a dog in the city", "size": "720x1280", "seed": 2}).json()
+    assert again["eta_seconds"] is not None and again["eta_seconds"] > 0
+    assert wait_terminal(client, again["id"])[-1]["status"] == "success"
 
 
 @pytest.mark.parametrize(

@@ -46,4 +46,7 @@ def test_job_duration_moving_average(tmp_path):
     assert store.avg_job_seconds("v") is None
     store.record_job_seconds("v", 10.0)
     store.record_job_seconds("v", 20.0)
-    assert abs(store.avg_job_seconds("v") - (10 * (1 - ETA_EMA_ALPHA) + 20 * ETA_EMA_ALPHA)) < 1e-9
+    expected = 10 * (1 - ETA_EMA_ALPHA) + 20 * ETA_EMA_ALPHA
+    assert abs(store.avg_job_seconds("v") - expected) < 1e-9
+    store.close()
+    assert abs(JobStore(tmp_path / "jobs.db").avg_job_seconds("v") - expected) < 1e-9  # survives a restart
