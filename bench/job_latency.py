@@ -36,7 +36,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     t0 = time.perf_counter()
     serve.run(build_app({"variants": [args.variant], "data_dir": tempfile.mkdtemp()}), name="bench", route_prefix="/")

@@ -107,8 +107,11 @@ class Router:
                 if run.canceled:
                     break
                 if isinstance(item, ProgressEvent):
-                    self.store.update(spec.id, phase=item.phase.value, step=item.step, total_steps=item.total_steps,
-                                      step_seconds=item.step_seconds, gpu_id=item.gpu_id)
+                    fields = dict(phase=item.phase.value, step=item.step, total_steps=item.total_steps,
+                                  gpu_id=item.gpu_id)
+                    if item.step_seconds is not None:  # phases after denoising keep the measured step time
+                        fields["step_seconds"] = item.step_seconds
+                    self.store.update(spec.id, **fields)
                 elif isinstance(item, JobResult):
                     finished = time.time()
                     self.store.update(spec.id, status=JobStatus.success, phase=None, filename=item.filename,

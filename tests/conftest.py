@@ -34,7 +34,8 @@ def ray_serve(tiny_weights):
     from ray import serve
 
     port = _free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # address="local": a cluster of our own, even when `make serve` runs one on this machine.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
