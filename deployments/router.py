@@ -66,8 +66,9 @@ class Router:
         # A job that was running when a router died goes back to the queue, in FIFO order.
         for rec in self.store.by_status([JobStatus.running]):
             self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
-        self.queue: list[str] = [r.id for r in self.store.by_status([JobStatus.queued])]
-        self._variant_of = {r.id: r.variant for r in self.store.by_status([JobStatus.queued])}
+        queued = self.store.by_status([JobStatus.queued])
+        self.queue: list[str] = [r.id for r in queued]
+        self._variant_of = {r.id: r.variant for r in queued}  # for queued jobs only
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
         self._wake.set()
@@ -89,6 +90,7 @@ class Router:
                 if len(self._running_of(variant)) >= self.config.slots.get(variant, 0):
                     continue
                 self.queue.remove(job_id)
+                self._variant_of.pop(job_id, None)
                 rec = self.store.get(job_id)
                 if rec is None or rec.status != JobStatus.queued:
                     continue
@@ -223,6 +225,7 @@ class Router:
                           finished_at=time.time())
         if job_id in self.queue:
             self.queue.remove(job_id)
+            self._variant_of.pop(job_id, None)
         run = self.running.get(job_id)
         if run is not None:
             run.canceled = True
