@@ -15,7 +15,6 @@ import ray
 import torch
 from ray import serve
 
-from deployments.errors import JobCanceled
 from deployments.generation import GenerationRunner
 from deployments.jobs import JobResult, JobSpec, Phase, ProgressEvent
 from deployments.video_io import fit_frames, write_mp4

@@ -181,7 +181,11 @@ def save_tiny_twin(variant: VariantConfig, settings: StoreSettings | None = None
     return target
 
 
-def ensure_tiny_twins(names: list[str] | None = None, settings: StoreSettings | None = None) -> list[Path]:
-    """Build every missing tiny twin among ``names`` (default: all known). Returns their folders."""
+def ensure_tiny_twins(names: list[str] | None = None, settings: StoreSettings | None = None, *,
+                      force: bool = False) -> list[Path]:
+    """Build every missing tiny twin among ``names`` (default: all known), or all of them with ``force``.
+
+    Returns their folders.
+    """
     settings = settings or StoreSettings()
-    return [save_tiny_twin(load_variant(n, settings), settings) for n in (names or sorted(TINY_BUILDERS))]
+    return [save_tiny_twin(load_variant(n, settings), settings, force=force) for n in (names or sorted(TINY_BUILDERS))]

@@ -15,12 +15,10 @@ app.add_typer(models, name="models")
 @models.command("build-tiny")
 def build_tiny(force: bool = typer.Option(False, help="Rebuild even if the folder exists.")) -> None:
     """Build the tiny random-weight twins (diffusers layout) under WAN_SERVE_MODEL_DIR."""
-    from model_store.tiny_twin import TINY_BUILDERS, save_tiny_twin
-    from model_store.variants import load_variant
+    from model_store.tiny_twin import ensure_tiny_twins
 
-    for name in sorted(TINY_BUILDERS):
-        path = save_tiny_twin(load_variant(name), force=force)
-        typer.echo(f"{name}: {path}")
+    for path in ensure_tiny_twins(force=force):
+        typer.echo(f"{path.name}: {path}")
 
 
 @models.command("list")

@@ -2,7 +2,6 @@
 
 
 import asyncio
-from typing import Literal
 
 from fastapi import FastAPI, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
