@@ -31,6 +31,23 @@ class ValidationFailed(ServiceError):
     code = "validation_error"
 
 
+class InvalidMedia(ValidationFailed):
+    """An uploaded image, video or mask cannot be used: undecodable, truncated, too large in
+    pixels or frames, or not matching the other inputs (HTTP 422). ``details['field']`` names the upload."""
+
+
+class UnsupportedMediaType(ValidationFailed):
+    """An upload is a format the service does not take, e.g. a GIF, TIFF or SVG image (HTTP 415)."""
+
+    code = "unsupported_media_type"
+
+
+class UploadTooLarge(ValidationFailed):
+    """An uploaded file is larger than the variant's ``limits.max_upload_bytes`` (HTTP 413)."""
+
+    code = "payload_too_large"
+
+
 class QueueFull(ServiceError):
     """More than ``max_queued_jobs`` are waiting; ``details['retry_after_s']`` says when to retry (HTTP 429)."""
 
@@ -71,3 +88,11 @@ class JobCanceled(ServiceError):
     """Raised inside a generation when its job was canceled; stops work before the next step."""
 
     code = "canceled"
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The ServiceError behind a Ray task error, if any (Ray wraps exceptions raised in replicas)."""
+    seen = 0
+    while not isinstance(exc, ServiceError) and getattr(exc, "cause", None) is not None and seen < 5:
+        exc, seen = exc.cause, seen + 1
+    return exc

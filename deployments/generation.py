@@ -11,9 +11,12 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
-from deployments.errors import JobCanceled
+from deployments.errors import JobCanceled, ValidationFailed
+from deployments.job_inputs import PreparedInputs
 from deployments.jobs import GenerationParams, Phase
+from model_store.loader import image_pipeline
 from model_store.variants import VariantConfig
 
 ProgressCallback = Callable[[Phase, int, int, "float | None"], None]
@@ -24,6 +27,10 @@ def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
 
 
+def _pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(image)
+
+
 class GenerationRunner:
     """Runs ``variant``'s pipeline for one request at a time.
 
@@ -31,29 +38,62 @@ class GenerationRunner:
     ``encoding_prompt``, then ``denoising`` after every step, then ``decoding``.
     Cancellation is checked after every denoising step: once ``cancel`` is set, no
     further step and no VAE decode runs.
+
+    Per task (``variant.task``), the pipeline receives:
+
+    - t2v: the prompt only (``WanPipeline``; A14B's two experts switch at ``boundary_ratio``).
+    - i2v: ``image`` and optionally ``last_image`` (``WanImageToVideoPipeline``).
+    - ti2v: the prompt, or with an image the same modules as ``WanImageToVideoPipeline``.
+    - vace: ``video``, ``mask`` (white = regenerate) and ``reference_images`` (``WanVACEPipeline``).
     """
 
     def __init__(self, variant: VariantConfig, pipe) -> None:
         self.variant = variant
         self.pipe = pipe
         self.device = pipe._execution_device
+        self.image_pipe = image_pipeline(pipe) if variant.task == "ti2v" else None
+
+    def _pipeline_and_inputs(self, params: GenerationParams, inputs: PreparedInputs | None) -> tuple[object, dict]:
+        """The pipeline to call and its media arguments; the ingress has already validated the inputs."""
+        task, inputs = self.variant.task, inputs or PreparedInputs()
+        kwargs: dict = {}
+        if self.variant.boundary_ratio is not None:
+            kwargs["guidance_scale_2"] = params.guidance_scale_2
+        if task == "i2v" or (task == "ti2v" and inputs.image is not None):
+            if inputs.image is None:
+                raise ValidationFailed(f"variant {self.variant.name} needs an image", field="image")
+            kwargs["image"] = _pil(inputs.image)
+            if inputs.last_image is not None:
+                kwargs["last_image"] = _pil(inputs.last_image)
+            return (self.image_pipe if task == "ti2v" else self.pipe), kwargs
+        if task == "vace":
+            if inputs.video is None or inputs.mask is None:
+                raise ValidationFailed(f"variant {self.variant.name} needs a video and a mask", field="video")
+            kwargs["video"] = [_pil(f) for f in inputs.video]
+            kwargs["mask"] = [Image.fromarray(m.astype(np.uint8) * 255, mode="L").convert("RGB") for m in inputs.mask]
+            kwargs["reference_images"] = [_pil(r) for r in inputs.reference_images] or None
+        return self.pipe, kwargs
 
     def run(
         self,
         params: GenerationParams,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        inputs: PreparedInputs | None = None,
     ) -> np.ndarray:
         """Generate ``params.num_frames`` frames at ``params.width`` x ``params.height``.
 
+        ``inputs`` holds the job's media, already fitted to ``params.width`` x ``params.height``
+        (and, for a video, to ``params.num_frames`` at the variant's fps).
         Returns frames as (T, H, W, 3) uint8.
 
         Raises:
             JobCanceled: ``cancel`` was set; raised before the next step or the decode.
+            ValidationFailed: the task needs inputs that are missing.
         """
         report = on_progress or (lambda *a: None)
         cancel = cancel or threading.Event()
-        pipe = self.pipe
+        pipe, media = self._pipeline_and_inputs(params, inputs)
         total = params.num_inference_steps
         if cancel.is_set():
             raise JobCanceled("job canceled before it started")
@@ -98,20 +138,30 @@ class GenerationRunner:
                 generator=generator,
                 output_type="np",
                 callback_on_step_end=on_step_end,
+                **media,
             )
         return frames_to_uint8(output.frames[0])
 
     def warmup(self) -> float:
-        """One 1-step, 1-frame generation at the first native size, so the first job is not slow.
+        """One 1-step, 1-frame generation at the smallest native size, so the first job is not slow.
 
-        Returns its wall time in seconds.
+        Image and video tasks get a gray frame (and an all-regenerate mask). Returns its wall
+        time in seconds.
         """
-        size = next(iter(self.variant.native_sizes.values()))
+        size = min(self.variant.native_sizes.values(), key=lambda s: s.width * s.height)
+        gray = np.full((size.height, size.width, 3), 128, np.uint8)
+        inputs = None
+        if self.variant.task == "i2v":
+            inputs = PreparedInputs(image=gray)
+        elif self.variant.task == "vace":
+            inputs = PreparedInputs(video=gray[None], mask=np.ones((1, size.height, size.width), bool))
         t0 = time.perf_counter()
         self.run(
             GenerationParams(
                 prompt="warm-up", width=size.width, height=size.height, num_frames=1,
                 num_inference_steps=1, guidance_scale=1.0, seed=0,
-            )
+                guidance_scale_2=1.0 if self.variant.boundary_ratio is not None else None,
+            ),
+            inputs=inputs,
         )
         return time.perf_counter() - t0

@@ -15,9 +15,11 @@ import ray
 import torch
 from ray import serve
 
+from deployments.compositing import mask_to_alpha, paste_back
 from deployments.generation import GenerationRunner
-from deployments.jobs import JobResult, JobSpec, Phase, ProgressEvent
-from deployments.video_io import fit_frames, write_mp4
+from deployments.job_inputs import PreparedInputs
+from deployments.jobs import OUTPUT_EXTENSIONS, JobResult, JobSpec, Phase, ProgressEvent
+from deployments.video_io import fit_frames, write_mp4, write_png_zip, write_webm_alpha
 from model_store.loader import load_pipeline
 from model_store.variants import VariantConfig
 
@@ -26,11 +28,14 @@ logger = logging.getLogger("ray.serve")
 _DONE = object()
 
 
-def default_filename(gpu_id: str, job_id: str, now: datetime | None = None) -> str:
-    """``result_gpu{gpu}_{YYYY-mm-dd_HH-MM-SS}_{short_id}.mp4``; on a CPU replica ``result_cpu_...``."""
+def default_filename(gpu_id: str, job_id: str, now: datetime | None = None, extension: str = ".mp4") -> str:
+    """``result_gpu{gpu}_{YYYY-mm-dd_HH-MM-SS}_{short_id}.mp4``; on a CPU replica ``result_cpu_...``.
+
+    ``extension`` follows the output format (``.webm``, ``.zip``).
+    """
     stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
     device = "cpu" if gpu_id == "cpu" else f"gpu{gpu_id}"
-    return f"result_{device}_{stamp}_{job_id[:8]}.mp4"
+    return f"result_{device}_{stamp}_{job_id[:8]}{extension}"
 
 
 # max_ongoing_requests=1: a replica owns one GPU and runs one job at a time; the
@@ -73,19 +78,34 @@ class Generator:
             emit(ProgressEvent(phase=phase, step=step, total_steps=total, step_seconds=step_seconds,
                                gpu_id=self.gpu_id))
 
+        inputs = PreparedInputs.load(spec.inputs) if spec.inputs is not None else None
         t0 = time.perf_counter()
-        frames = self.runner.run(params, on_progress=on_progress, cancel=cancel)
+        frames = self.runner.run(params, on_progress=on_progress, cancel=cancel, inputs=inputs)
         pipeline_seconds = time.perf_counter() - t0
         on_progress(Phase.encoding_video, params.num_inference_steps, params.num_inference_steps, None)
+        alpha = None
+        if inputs is not None and inputs.mask is not None:
+            if spec.preserve_unmasked:
+                frames = paste_back(frames, inputs.video, inputs.mask)
+            alpha = mask_to_alpha(inputs.mask)
         out = spec.output_size
         frames = fit_frames(frames, out.width, out.height, self.variant.resize_mode)
-        filename = spec.filename or default_filename(self.gpu_id, spec.id)
+        filename = spec.filename or default_filename(self.gpu_id, spec.id, extension=OUTPUT_EXTENSIONS[spec.output_format])
+        path = self.output_dir / filename
         t1 = time.perf_counter()
-        size = write_mp4(frames, self.output_dir / filename, self.variant.fps, width=out.width,
-                         height=out.height, should_abort=cancel.is_set)
+        if spec.output_format == "mp4":
+            size = write_mp4(frames, path, self.variant.fps, width=out.width, height=out.height,
+                             should_abort=cancel.is_set)
+        else:
+            if alpha is None or frames.shape[1:3] != alpha.shape[1:]:
+                raise ValueError(f"output_format {spec.output_format} needs a mask at the output size")
+            writer = write_webm_alpha if spec.output_format == "webm" else write_png_zip
+            extra = {"fps": self.variant.fps} if spec.output_format == "webm" else {}
+            size = writer(frames, alpha, path, should_abort=cancel.is_set, **extra)
         return JobResult(filename=filename, size_bytes=size, width=out.width, height=out.height,
                          num_frames=len(frames), fps=self.variant.fps, pipeline_seconds=pipeline_seconds,
-                         encode_seconds=time.perf_counter() - t1, gpu_id=self.gpu_id)
+                         encode_seconds=time.perf_counter() - t1, gpu_id=self.gpu_id,
+                         output_format=spec.output_format)
 
     async def generate(self, spec: JobSpec) -> AsyncIterator[ProgressEvent | JobResult]:
         """Run ``spec``; yields ProgressEvents, then one JobResult. Call with ``stream=True``.

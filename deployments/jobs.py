@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from deployments.job_inputs import JobInputs
 from model_store.variants import Size
+
+#: Result file formats. ``webm`` (VP9, yuva420p) and ``png_zip`` (RGBA PNG frames) carry the
+#: inpainting mask as alpha; they exist for VACE jobs.
+OutputFormat = Literal["mp4", "webm", "png_zip"]
+
+#: File extension of each output format.
+OUTPUT_EXTENSIONS: dict[str, str] = {"mp4": ".mp4", "webm": ".webm", "png_zip": ".zip"}
 
 
 class JobStatus(str, Enum):
@@ -42,7 +51,8 @@ class GenerationParams(BaseModel):
     height: int = Field(description="Native generation height in pixels (e.g. 704 for TI2V-5B landscape).")
     num_frames: int = Field(description="Frames to generate; k*4+1 for Wan.")
     num_inference_steps: int = Field(description="Denoising steps.")
-    guidance_scale: float = Field(description="Classifier-free guidance scale.")
+    guidance_scale: float = Field(description="Classifier-free guidance scale (the high-noise expert's on A14B).")
+    guidance_scale_2: float | None = Field(default=None, description="Low-noise expert's guidance scale (A14B only).")
     seed: int = Field(description="Seed of the CPU torch.Generator that draws the initial latents.")
 
 
@@ -54,6 +64,10 @@ class JobSpec(BaseModel):
     params: GenerationParams
     output_size: Size = Field(description="Size of the written video (the API size, e.g. 1280x720).")
     filename: str | None = Field(default=None, description="Sanitized output filename, or None for the default name.")
+    inputs: JobInputs | None = Field(default=None, description="Decoded media inputs on disk; None for text-only jobs.")
+    output_format: OutputFormat = Field(default="mp4", description="Result file format.")
+    preserve_unmasked: bool = Field(
+        default=True, description="VACE: copy the source pixels outside the mask into the result (paste-back).")
 
 
 class ProgressEvent(BaseModel):
@@ -76,5 +90,6 @@ class JobResult(BaseModel):
     num_frames: int
     fps: int
     pipeline_seconds: float = Field(description="Wall time inside the diffusers pipeline call, seconds.")
-    encode_seconds: float = Field(description="Wall time of MP4 encoding, seconds.")
+    encode_seconds: float = Field(description="Wall time of writing the result file, seconds.")
+    output_format: OutputFormat = "mp4"
     gpu_id: str

@@ -18,8 +18,11 @@ from deployments.errors import (
     FilenameTaken,
     JobNotFound,
     QueueFull,
+    ServiceError,
     VariantNotDeployed,
+    unwrap,
 )
+from deployments.job_inputs import remove_inputs
 from deployments.job_store import JobRecord, JobStore
 from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent
 
@@ -31,6 +34,7 @@ class RouterConfig(BaseModel):
 
     db_path: str = Field(description="SQLite job store file.")
     output_dir: str = Field(description="Folder the generators write result files to.")
+    inputs_dir: str = Field(description="Folder of the jobs' decoded inputs; a job's folder goes when the job ends.")
     max_queued_jobs: int = Field(ge=0, description="Jobs allowed to wait; one more gets HTTP 429 (backpressure).")
     slots: dict[str, int] = Field(description="Variant -> generator replicas, i.e. jobs it may run at once.")
     retry_after_s: int = Field(default=30, ge=1, description="Retry-After when no job duration has been measured yet, seconds.")
@@ -125,9 +129,13 @@ class Router:
         except Exception as exc:  # every job ends in a terminal state
             if not run.canceled:
                 logger.exception("job %s failed", spec.id)
-                code = getattr(exc, "code", "internal")
-                self.store.update(spec.id, status=JobStatus.error, error_code=code,
-                                  error_message=f"generation failed ({type(exc).__name__}); the server log has details",
+                inner = unwrap(exc)
+                if isinstance(inner, ServiceError):
+                    code, message = inner.code, inner.message
+                else:
+                    code = "internal"
+                    message = f"generation failed ({type(inner).__name__}); the server log has details"
+                self.store.update(spec.id, status=JobStatus.error, error_code=code, error_message=message,
                                   finished_at=time.time())
         finally:
             rec = self.store.get(spec.id)
@@ -135,6 +143,9 @@ class Router:
                 self.store.update(spec.id, status=JobStatus.error, error_code="internal",
                                   error_message="the generator stream ended without a result", finished_at=time.time())
             self.running.pop(spec.id, None)
+            rec = self.store.get(spec.id)
+            if rec is None or rec.status.terminal:
+                remove_inputs(spec.inputs, Path(self.config.inputs_dir))
             self._wake.set()
 
     # ---- ETA ------------------------------------------------------------------------------
@@ -226,6 +237,7 @@ class Router:
         if job_id in self.queue:
             self.queue.remove(job_id)
             self._variant_of.pop(job_id, None)
+            remove_inputs(rec.spec.inputs, Path(self.config.inputs_dir))
         run = self.running.get(job_id)
         if run is not None:
             run.canceled = True
@@ -269,6 +281,8 @@ class Router:
                 canceled.append(rec.id)
             if delete_files and rec.status == JobStatus.success and not rec.file_deleted and self._remove_file(rec.filename):
                 files.append(rec.filename)
+        for rec in selected:
+            remove_inputs(rec.spec.inputs, Path(self.config.inputs_dir))
         self.store.delete([r.id for r in selected])
         return {"deleted": [r.id for r in selected], "canceled": canceled, "files_deleted": files}
 

@@ -2,7 +2,8 @@
 
 No weights can be downloaded on the development machines, so each real variant has
 a twin built here: the *same* diffusers and transformers classes, the same
-structure (expand_timesteps, a 48-channel Wan2.2 VAE, a UMT5 text encoder), and
+structure (two experts and boundary_ratio for A14B, expand_timesteps and the 48-channel
+Wan2.2 VAE for TI2V-5B, VACE control blocks, a UMT5 text encoder), and
 small dimensions. The twin is saved in the standard diffusers layout
 (model_index.json, one folder per component, safetensors) and is loaded by the
 same ``from_pretrained`` code as the real weights.
@@ -57,6 +58,56 @@ def build_tokenizer():
     )
 
 
+_TEXT_DIM = 32
+
+
+def _tiny_text_encoder(tokenizer, seed: int):
+    """UMT5 encoder of the real class (UMT5-XXL in the real models), 2 layers of width 32."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    return UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer), d_model=_TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128,
+            feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+        )
+    )
+
+
+def _tiny_transformer(seed: int, in_channels: int, out_channels: int, cls_name: str = "WanTransformer3DModel",
+                      **extra):
+    """A 2-layer Wan transformer with the real patch (1, 2, 2), qk norm and RoPE settings."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    return getattr(diffusers, cls_name)(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=in_channels,
+        out_channels=out_channels, text_dim=_TEXT_DIM, freq_dim=256, ffn_dim=64, num_layers=2,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **extra,
+    )
+
+
+def _tiny_wan21_vae(seed: int):
+    """The Wan2.1 VAE of the A14B and VACE models: z_dim 16, 8x spatial and 4x temporal compression,
+    no patchify. Width 4 with a flat dim_mult, so the full-size decode stays cheap on a CPU."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+    )
+
+
+def _flow_unipc(flow_shift: float):
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000
+    )
+
+
 def build_ti2v_5b_tiny(seed: int = 0):
     """Build the tiny twin of Wan-AI/Wan2.2-TI2V-5B-Diffusers as an in-memory ``WanPipeline``.
 
@@ -66,85 +117,92 @@ def build_ti2v_5b_tiny(seed: int = 0):
     16x spatial and 4x temporal compression); ``WanTransformer3DModel`` with
     patch (1, 2, 2) and 48 in/out channels; a ``UMT5EncoderModel`` text encoder;
     ``UniPCMultistepScheduler`` with flow-matching sigmas and flow_shift 5.0.
-    Shrunk: widths, depths and the vocabulary.
+    Shrunk: widths, depths and the vocabulary. The same folder loads as
+    ``WanImageToVideoPipeline`` for text+image jobs, as the real weights do.
     """
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    from diffusers import AutoencoderKLWan, WanPipeline
 
     tokenizer = build_tokenizer()
-    text_dim = 32
-
-    torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=text_dim,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=32,
-            relative_attention_max_distance=128,
-            feed_forward_proj="gated-gelu",
-            is_encoder_decoder=False,
-            use_cache=False,
-        )
-    )
-
-    torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=48,
-        out_channels=48,
-        text_dim=text_dim,
-        freq_dim=256,
-        ffn_dim=64,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
-    )
-
+    text_encoder = _tiny_text_encoder(tokenizer, seed)
+    transformer = _tiny_transformer(seed, 48, 48)
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(
         # Width 4 with a flat dim_mult: the decoder runs at full 1280x704 on CPU, where its
         # conv3d and channel RMS norms dominate a tiny job (measured: width 8 is ~2.5x slower).
-        base_dim=4,
-        decoder_base_dim=4,
-        z_dim=48,
-        in_channels=12,
-        out_channels=12,
-        is_residual=True,
-        patch_size=2,
-        latents_mean=[0.0] * 48,
-        latents_std=[1.0] * 48,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        scale_factor_spatial=16,
-        scale_factor_temporal=4,
-        temperal_downsample=[False, True, True],
-    )
-
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0, num_train_timesteps=1000
+        base_dim=4, decoder_base_dim=4, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
+        patch_size=2, latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
     )
     return WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        transformer=transformer,
-        vae=vae,
-        scheduler=scheduler,
-        transformer_2=None,
-        boundary_ratio=None,
-        expand_timesteps=True,
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+        scheduler=_flow_unipc(5.0), transformer_2=None, boundary_ratio=None, expand_timesteps=True,
+    )
+
+
+def build_t2v_a14b_tiny(seed: int = 0):
+    """Build the tiny twin of Wan-AI/Wan2.2-T2V-A14B-Diffusers as an in-memory ``WanPipeline``.
+
+    Kept: two experts of the real class, ``transformer`` (high noise) and ``transformer_2``
+    (low noise), switched at ``boundary_ratio`` 0.875 (Wan2.2 wan/configs/wan_t2v_A14B.py:
+    boundary 0.875); 16 latent in/out channels; the Wan2.1 VAE (z_dim 16, 8x spatial);
+    UMT5; UniPC flow matching with flow_shift 12.0 (wan_t2v_A14B.py: sample_shift 12.0).
+    The two experts get different seeds, so they are different modules, as in the real model.
+    """
+    from diffusers import WanPipeline
+
+    tokenizer = build_tokenizer()
+    return WanPipeline(
+        tokenizer=tokenizer, text_encoder=_tiny_text_encoder(tokenizer, seed),
+        transformer=_tiny_transformer(seed, 16, 16), transformer_2=_tiny_transformer(seed + 1, 16, 16),
+        vae=_tiny_wan21_vae(seed), scheduler=_flow_unipc(12.0), boundary_ratio=0.875, expand_timesteps=False,
+    )
+
+
+def build_i2v_a14b_tiny(seed: int = 0):
+    """Build the tiny twin of Wan-AI/Wan2.2-I2V-A14B-Diffusers as an in-memory ``WanImageToVideoPipeline``.
+
+    Kept: two experts with ``in_channels`` 36 (16 noise latents + 4 frame-mask channels + 16
+    image-condition latents) and 16 out, ``boundary_ratio`` 0.9 (wan_i2v_A14B.py: boundary 0.900),
+    no image encoder (Wan2.2 I2V conditions on VAE latents only: ``image_dim`` is None), the
+    Wan2.1 VAE, UMT5, and UniPC with flow_shift 5.0 (wan_i2v_A14B.py: sample_shift 5.0).
+    """
+    from diffusers import WanImageToVideoPipeline
+
+    tokenizer = build_tokenizer()
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=_tiny_text_encoder(tokenizer, seed),
+        transformer=_tiny_transformer(seed, 36, 16), transformer_2=_tiny_transformer(seed + 1, 36, 16),
+        vae=_tiny_wan21_vae(seed), scheduler=_flow_unipc(5.0), image_processor=None, image_encoder=None,
+        boundary_ratio=0.9, expand_timesteps=False,
+    )
+
+
+def build_vace_14b_tiny(seed: int = 0):
+    """Build the tiny twin of Wan-AI/Wan2.1-VACE-14B-diffusers as an in-memory ``WanVACEPipeline``.
+
+    Kept: ``WanVACETransformer3DModel`` with VACE control blocks (``vace_layers`` must include
+    layer 0; here [0, 1] of 2 layers, the real model has [0, 5, ..., 35] of 40) and
+    ``vace_in_channels`` 96 (16 inactive + 16 reactive video latents + 64 = 8x8 pixel-unshuffled
+    mask), the Wan2.1 VAE, UMT5, UniPC with flow_shift 5.0 (the diffusers VACE docs use 5.0 for 720P).
+    """
+    from diffusers import WanVACEPipeline
+
+    tokenizer = build_tokenizer()
+    return WanVACEPipeline(
+        tokenizer=tokenizer, text_encoder=_tiny_text_encoder(tokenizer, seed),
+        transformer=_tiny_transformer(seed, 16, 16, "WanVACETransformer3DModel", vace_layers=[0, 1],
+                                      vace_in_channels=96),
+        vae=_tiny_wan21_vae(seed), scheduler=_flow_unipc(5.0),
     )
 
 
 #: Tiny-twin variant name -> builder of its in-memory pipeline.
-TINY_BUILDERS: dict[str, Callable[[int], object]] = {"ti2v-5b-tiny": build_ti2v_5b_tiny}
+TINY_BUILDERS: dict[str, Callable[[int], object]] = {
+    "t2v-a14b-tiny": build_t2v_a14b_tiny,
+    "i2v-a14b-tiny": build_i2v_a14b_tiny,
+    "ti2v-5b-tiny": build_ti2v_5b_tiny,
+    "vace-14b-tiny": build_vace_14b_tiny,
+}
 
 
 def save_tiny_twin(variant: VariantConfig, settings: StoreSettings | None = None, *, seed: int = 0,

@@ -15,8 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_store.settings import StoreSettings
 
-#: The output sizes the HTTP API accepts, as "WIDTHxHEIGHT" (pixels).
-API_SIZES: tuple[str, ...] = ("1280x720", "720x1280")
+#: The output sizes the HTTP API accepts, as "WIDTHxHEIGHT" (pixels): 720P and 480P in both
+#: orientations, the sizes the Wan2.2 README lists for the A14B models (TI2V-5B serves 720P only).
+API_SIZES: tuple[str, ...] = ("1280x720", "720x1280", "832x480", "480x832")
+
+#: What a variant does with its inputs. t2v: text only; i2v: text + first frame (+ optional last
+#: frame); ti2v: text with an optional first frame; vace: text + source video + mask (inpainting).
+Task = Literal["t2v", "i2v", "ti2v", "vace"]
 
 
 class VariantNotFound(LookupError):
@@ -81,7 +86,12 @@ class GenerationDefaults(BaseModel):
 
     num_frames: int = Field(ge=1, description="Frames in the output video; must satisfy the variant's 4k+1 rule.")
     num_inference_steps: int = Field(ge=1, description="Denoising steps.")
-    guidance_scale: float = Field(ge=0, description="Classifier-free guidance scale; <= 1 disables CFG.")
+    guidance_scale: float = Field(
+        ge=0, description="Classifier-free guidance scale (of the high-noise expert on A14B); <= 1 disables CFG."
+    )
+    guidance_scale_2: float | None = Field(
+        default=None, ge=0, description="Guidance scale of the low-noise expert (A14B only); None: same as guidance_scale."
+    )
     negative_prompt: str = Field(default="", description="Negative prompt used when the request sends none.")
 
 
@@ -92,6 +102,11 @@ class Limits(BaseModel):
 
     max_num_frames: int = Field(ge=1, description="Largest num_frames a request may ask for.")
     max_inference_steps: int = Field(ge=1, description="Largest num_inference_steps a request may ask for.")
+    max_input_side: int = Field(
+        default=4096, ge=16, description="Longest side, in pixels, of an uploaded image or video frame. "
+        "4096 is 4K DCI width: any real camera frame fits, and a decoded 4096x4096 RGB image is 48 MiB.")
+    max_upload_bytes: int = Field(default=256 * 2**20, ge=1, description="Largest single uploaded file, bytes.")
+    max_reference_images: int = Field(default=3, ge=0, description="Reference images a VACE request may send.")
 
 
 class VariantConfig(BaseModel):
@@ -104,12 +119,19 @@ class VariantConfig(BaseModel):
 
     name: str = Field(description="Variant name used in requests and deployment names, e.g. ti2v-5b.")
     description: str = Field(default="", description="One line for humans.")
-    pipeline_class: Literal["WanPipeline"] = Field(description="diffusers pipeline class the weights load into.")
+    pipeline_class: Literal["WanPipeline", "WanImageToVideoPipeline", "WanVACEPipeline"] = Field(
+        description="diffusers pipeline class the weights load into (model_index.json's _class_name)."
+    )
+    task: Task = Field(description="Which inputs the variant takes: t2v, i2v, ti2v or vace (see Task).")
+    boundary_ratio: float | None = Field(
+        default=None, gt=0, lt=1, description="A14B only: fraction of the 1000 training timesteps above which the "
+        "high-noise expert runs. Checked against the loaded pipeline's config.")
     weights: WeightsSource = Field(description="Where the weights come from.")
     tiny_twin: str | None = Field(default=None, description="Name of this variant's tiny random-weight twin, if any.")
     twin_of: str | None = Field(default=None, description="For a tiny twin: the real variant it mirrors.")
     native_sizes: dict[str, Size] = Field(
-        description="API size (one of 1280x720, 720x1280) -> size the pipeline generates at natively."
+        description="API size (one of API_SIZES) -> size the pipeline generates at natively. The first entry "
+        "is the default size of requests without inputs."
     )
     resize_mode: Literal["pad", "scale"] = Field(
         default="pad",
@@ -141,9 +163,16 @@ class VariantConfig(BaseModel):
             raise ValueError(f"native_sizes keys must be among {API_SIZES}, got {sorted(unknown)}")
         if not self.native_sizes:
             raise ValueError("native_sizes must map at least one API size")
+        if (self.boundary_ratio is None) != (self.defaults.guidance_scale_2 is None):
+            raise ValueError("boundary_ratio and defaults.guidance_scale_2 go together: both for A14B, neither otherwise")
         if not self.frames_ok(self.defaults.num_frames):
             raise ValueError(f"defaults.num_frames={self.defaults.num_frames} breaks the {self.frame_rule} rule")
         return self
+
+    @property
+    def takes_image(self) -> bool:
+        """True when a first-frame ``image`` is accepted (i2v requires it, ti2v allows it)."""
+        return self.task in ("i2v", "ti2v")
 
     @property
     def frame_rule(self) -> str:

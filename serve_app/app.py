@@ -23,12 +23,12 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variants: list[str] = Field(
-        default=["ti2v-5b-tiny"], min_length=1,
+        default=["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny"], min_length=1,
         description="Variants to deploy, by configs/<name>.yaml; each gets its own generator deployment.",
     )
     default_variant: str | None = Field(default=None, description="Variant used when a request names none; default: the first.")
     max_queued_jobs: int = Field(default=64, ge=0, description="Waiting jobs allowed before POST answers 429 (backpressure).")
-    data_dir: Path | None = Field(default=None, description="State folder (jobs.db, outputs/); default WAN_SERVE_DATA_DIR or ./var.")
+    data_dir: Path | None = Field(default=None, description="State folder (jobs.db, outputs/, inputs/); default WAN_SERVE_DATA_DIR or ./var.")
 
     @model_validator(mode="after")
     def _default_in_variants(self) -> "AppArgs":
@@ -47,6 +47,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     data_dir = (args.data_dir or ServiceSettings().data_dir).resolve()
     output_dir = data_dir / "outputs"
+    inputs_dir = data_dir / "inputs"
     configs = {name: load_variant(name) for name in args.variants}
     generators = {
         name: Generator.options(
@@ -60,9 +61,10 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         RouterConfig(
             db_path=str(data_dir / "jobs.db"),
             output_dir=str(output_dir),
+            inputs_dir=str(inputs_dir),
             max_queued_jobs=args.max_queued_jobs,
             slots={name: cfg.deployment.num_replicas for name, cfg in configs.items()},
         ),
         generators,
     )
-    return Ingress.bind(router, configs, args.default_variant or args.variants[0])
+    return Ingress.bind(router, configs, args.default_variant or args.variants[0], str(inputs_dir))

@@ -16,7 +16,10 @@ from deployments import errors as e
 
 logger = logging.getLogger("ray.serve")
 
+# Ordered: the first class an error is an instance of decides, so subclasses come first.
 STATUS_CODES: dict[type[e.ServiceError], int] = {
+    e.UnsupportedMediaType: 415,
+    e.UploadTooLarge: 413,
     e.ValidationFailed: 422,
     e.QueueFull: 429,
     e.VariantNotDeployed: 404,
@@ -25,14 +28,6 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
     e.FilenameTaken: 409,
     e.ModelUnavailable: 503,
 }
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """The ServiceError behind a Ray task error, if any (Ray wraps exceptions raised in replicas)."""
-    seen = 0
-    while not isinstance(exc, e.ServiceError) and getattr(exc, "cause", None) is not None and seen < 5:
-        exc, seen = exc.cause, seen + 1
-    return exc
 
 
 def error_response(exc: e.ServiceError) -> JSONResponse:
@@ -73,7 +68,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception):
-        inner = unwrap(exc)
+        inner = e.unwrap(exc)
         if isinstance(inner, e.ServiceError):
             return error_response(inner)
         logger.exception("unhandled error")

@@ -10,11 +10,16 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_FILENAME_BYTES = 200
 
 
-def sanitize_filename(name: str) -> str:
-    """Turn a user's filename into a safe MP4 name in the output folder.
+#: Extensions of the files this service writes (deployments/jobs.py OUTPUT_EXTENSIONS).
+RESULT_EXTENSIONS = (".mp4", ".webm", ".zip")
 
-    Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``, and
-    ``.mp4`` is appended unless the name already ends in it.
+
+def sanitize_filename(name: str, extension: str = ".mp4") -> str:
+    """Turn a user's filename into a safe result file name in the output folder.
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``. The name
+    ends in ``extension`` (``.mp4``, ``.webm`` or ``.zip``, from the output format): another
+    result extension is replaced, anything else gets ``extension`` appended.
 
     Raises:
         ValidationFailed: the name holds a path separator or ``..``, starts with a dot,
@@ -27,8 +32,9 @@ def sanitize_filename(name: str) -> str:
     stem = _UNSAFE.sub("_", name.strip())
     if not stem or stem.startswith("."):
         raise ValidationFailed(f"filename {name!r} must start with a letter, digit, '_' or '-'", field="filename")
-    if not stem.lower().endswith(".mp4"):
-        stem += ".mp4"
+    if not stem.lower().endswith(extension):
+        other = next((ext for ext in RESULT_EXTENSIONS if stem.lower().endswith(ext)), None)
+        stem = (stem[: -len(other)] if other and len(stem) > len(other) else stem) + extension
     if len(stem.encode()) > MAX_FILENAME_BYTES:
         raise ValidationFailed(f"filename is longer than {MAX_FILENAME_BYTES} bytes", field="filename")
     return stem

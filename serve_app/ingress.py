@@ -2,8 +2,10 @@
 
 
 import asyncio
+import shutil
+from pathlib import Path
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -12,17 +14,19 @@ from deployments.errors import ValidationFailed
 from deployments.jobs import JobStatus
 from model_store.variants import VariantConfig
 from serve_app import errors
-from serve_app.filenames import sanitize_filename
+from serve_app.filenames import RESULT_EXTENSIONS, sanitize_filename
 from serve_app.protocol import (
     DeleteJobsResult,
     DeleteVideosResult,
     ErrorResponse,
     GenerateAccepted,
-    GenerateRequest,
     JobStatusResponse,
     VideoInfo,
 )
+from serve_app.request_body import generate_openapi, read_generate_request
 from serve_app.serving import JobService
+
+_MEDIA_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".zip": "application/zip"}
 
 api = FastAPI(
     title="wan-serve",
@@ -31,7 +35,7 @@ api = FastAPI(
 )
 errors.install(api)
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422, 429, 503)}
 
 
 def _split(csv: str | None) -> list[str]:
@@ -48,15 +52,33 @@ def generator_deployment_name(variant: str) -> str:
 class Ingress:
     """Validates requests, forwards them to the router, and serves result files."""
 
-    def __init__(self, router: DeploymentHandle, variants: dict[str, VariantConfig], default_variant: str) -> None:
+    def __init__(self, router: DeploymentHandle, variants: dict[str, VariantConfig], default_variant: str,
+                 inputs_dir: str) -> None:
         self.router = router
         self.jobs = JobService(variants, default_variant)
+        self.inputs_dir = Path(inputs_dir)
 
-    @api.post("/generate", status_code=202, response_model=GenerateAccepted, responses=_ERRORS)
-    async def generate(self, req: GenerateRequest) -> GenerateAccepted:
-        """Queue a video generation job. The job is stored before this answers 202."""
-        spec = self.jobs.build_spec(req)
-        return self.jobs.accepted(await self.router.submit.remote(spec))
+    @api.post("/generate", status_code=202, response_model=GenerateAccepted, responses=_ERRORS,
+              openapi_extra=generate_openapi())
+    async def generate(self, request: Request) -> GenerateAccepted:
+        """Queue a video generation job: JSON for text-only jobs, multipart/form-data with files
+        (image, last_image, video, mask, reference_images) for the others.
+
+        Uploads are decoded and checked before anything is queued; the job (and its decoded
+        inputs) are stored before this answers 202.
+        """
+        req, uploads = await read_generate_request(request)
+        spec, prepared = await asyncio.to_thread(self.jobs.build_spec, req, uploads)
+        if prepared is None:
+            return self.jobs.accepted(await self.router.submit.remote(spec))
+        folder = self.inputs_dir / spec.id
+        spec.inputs = await asyncio.to_thread(prepared.save, folder)
+        try:
+            return self.jobs.accepted(await self.router.submit.remote(spec))
+        except BaseException:
+            # Refused (queue full, filename taken): the job does not exist, so neither do its inputs.
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            raise
 
     @api.get("/status/{job_id}", response_model=JobStatusResponse, responses=_ERRORS)
     async def status(self, job_id: str) -> JobStatusResponse:
@@ -107,10 +129,11 @@ class Ingress:
 
     @api.get("/files/{filename}", response_class=FileResponse, responses=_ERRORS)
     async def files(self, filename: str):
-        """Download an MP4 this service wrote (nothing else is served)."""
-        safe = sanitize_filename(filename)
+        """Download a result file this service wrote (nothing else is served): MP4, WebM or zip."""
+        extension = next((ext for ext in RESULT_EXTENSIONS if filename.lower().endswith(ext)), ".mp4")
+        safe = sanitize_filename(filename, extension)
         path = await self.router.resolve_file.remote(safe)
-        return FileResponse(path, media_type="video/mp4", filename=safe)
+        return FileResponse(path, media_type=_MEDIA_TYPES[extension], filename=safe)
 
     @api.get("/health")
     async def health(self) -> dict:

@@ -8,23 +8,50 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.jobs import JobStatus
 
-ApiSize = Literal["1280x720", "720x1280"]
+ApiSize = Literal["1280x720", "720x1280", "832x480", "480x832"]
+
+#: Multipart file fields of POST /generate, and what each variant task takes.
+UPLOAD_FIELDS: dict[str, str] = {
+    "image": "First frame (i2v required, ti2v optional): PNG, JPEG or WEBP.",
+    "last_image": "Last frame for first-last-frame generation (i2v only): PNG, JPEG or WEBP.",
+    "video": "Source clip to inpaint (vace, required): MP4, MOV or WebM, any pixel format and frame rate.",
+    "mask": "What to regenerate (vace, required), white = regenerate: an image applied to every frame, "
+    "or a video; the size of the source video (or of the output).",
+    "reference_images": "Reference images (vace, optional, repeatable): PNG, JPEG or WEBP.",
+}
 
 
 class GenerateRequest(BaseModel):
-    """POST /generate body. Unset optional fields take the variant's defaults (configs/<variant>.yaml)."""
+    """POST /generate fields, as a JSON body or as multipart form fields beside the file uploads.
+
+    Unset optional fields take the variant's defaults (configs/<variant>.yaml).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=10_000, description="What the video shows. Required, non-empty.")
-    size: ApiSize = Field(description="Output size, WIDTHxHEIGHT: 1280x720 (landscape) or 720x1280 (portrait).")
-    filename: str | None = Field(default=None, description="Output file name; sanitized, '.mp4' enforced.")
+    size: ApiSize | None = Field(
+        default=None, description="Output size, WIDTHxHEIGHT. Default: the variant's first native size in the "
+        "orientation of the uploaded image or video (portrait when taller than wide), else its first native size.")
+    filename: str | None = Field(
+        default=None, description="Output file name; sanitized, the output format's extension enforced.")
     variant: str | None = Field(default=None, description="Model variant; default from the app config.")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Random seed; random when unset, reported back.")
     num_inference_steps: int | None = Field(default=None, ge=1, description="Denoising steps.")
     num_frames: int | None = Field(default=None, ge=1, description="Frames in the video; must be 4k+1 for Wan.")
-    guidance_scale: float | None = Field(default=None, ge=0, le=50, description="Classifier-free guidance scale.")
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=50, description="Classifier-free guidance scale (the high-noise expert's on A14B).")
+    guidance_scale_2: float | None = Field(
+        default=None, ge=0, le=50, description="A14B only: the low-noise expert's guidance scale.")
     negative_prompt: str | None = Field(default=None, max_length=10_000, description="What the video should avoid.")
+    fit: Literal["crop", "pad"] = Field(
+        default="crop", description="How uploads reach the output size: crop (center-crop to the aspect, then "
+        "resize) or pad (resize to fit, then black bands).")
+    output_format: Literal["mp4", "webm", "png_zip"] = Field(
+        default="mp4", description="Result file: mp4 (H.264); for vace also webm (VP9 with the mask as alpha) or "
+        "png_zip (RGBA PNG frames, the mask as alpha).")
+    preserve_unmasked: bool = Field(
+        default=True, description="vace: copy the source pixels outside the mask into the result unchanged.")
 
 
 class GenerateAccepted(BaseModel):
@@ -53,7 +80,13 @@ class JobStatusResponse(BaseModel):
     gpu_id: str | None = Field(description="GPU index of the replica that ran it, or 'cpu'.")
     seed: int = Field(description="Seed used; resubmit with it to reproduce the video.")
     filename: str | None
-    file_url: str | None = Field(description="Where to download the MP4 once status is success.")
+    file_url: str | None = Field(description="Where to download the result once status is success.")
+    output_format: str = Field(default="mp4", description="mp4, webm or png_zip.")
+    size: str = Field(default="", description="Output size, WIDTHxHEIGHT.")
+    num_frames: int = Field(default=0, description="Frames in the output video.")
+    inputs: dict | None = Field(
+        default=None, description="The uploads this job was given: per field, size in pixels and format "
+        "(and fps and frames used for a video).")
     error: dict | None = Field(description="{code, message} when status is error or canceled.")
     timings: dict | None = Field(
         default=None, description="On success: pipeline_seconds (prompt encoding, denoising, VAE decode) and "

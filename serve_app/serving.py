@@ -9,10 +9,12 @@ import secrets
 import uuid
 
 from deployments.errors import ValidationFailed, VariantNotDeployed
-from deployments.jobs import GenerationParams, JobSpec, JobStatus
+from deployments.job_inputs import PreparedInputs
+from deployments.jobs import OUTPUT_EXTENSIONS, GenerationParams, JobSpec, JobStatus
 from deployments.router import JobView
 from model_store.variants import Size, VariantConfig
 from serve_app.filenames import sanitize_filename
+from serve_app.media_inputs import Upload, prepare_media
 from serve_app.protocol import GenerateAccepted, GenerateRequest, JobStatusResponse, VideoInfo
 
 
@@ -56,20 +58,69 @@ class JobService:
             )
         return self.variants[name]
 
-    def build_spec(self, req: GenerateRequest) -> JobSpec:
-        """Resolve defaults and check limits, before anything is queued.
+    def build_spec(self, req: GenerateRequest, uploads: list[Upload] | None = None) -> tuple[JobSpec, PreparedInputs | None]:
+        """Resolve defaults, check limits, and decode and fit the uploads, before anything is queued.
+
+        CPU-bound for media uploads (decoding, resizing): call it in a worker thread.
+        Returns the job spec (without ``inputs``: the caller saves the prepared inputs and sets
+        it) and the prepared inputs, or None for a text-only job.
 
         Raises:
             VariantNotDeployed: unknown variant.
-            ValidationFailed: size, frames or steps outside what the variant allows; a bad filename.
+            ValidationFailed: size, frames, steps or output format outside what the variant allows;
+                a bad filename; a missing or unexpected upload (and its subclasses for bad media).
         """
         variant = self.variant_for(req.variant)
-        if req.size not in variant.native_sizes:
-            raise ValidationFailed(
-                f"variant {variant.name} serves sizes {', '.join(variant.native_sizes)}, not {req.size}", field="size"
-            )
         d, limits = variant.defaults, variant.limits
-        num_frames = req.num_frames if req.num_frames is not None else d.num_frames
+        if req.output_format != "mp4" and variant.task != "vace":
+            raise ValidationFailed(
+                f"output_format {req.output_format} carries an inpainting mask as alpha; it is for vace variants, "
+                f"and {variant.name} is {variant.task}: use mp4", field="output_format")
+        if req.num_frames is not None:
+            self._check_frames(variant, req.num_frames)
+        steps = req.num_inference_steps if req.num_inference_steps is not None else d.num_inference_steps
+        if steps > limits.max_inference_steps:
+            raise ValidationFailed(
+                f"num_inference_steps must be at most {limits.max_inference_steps} for {variant.name}; got {steps}",
+                field="num_inference_steps",
+            )
+        if req.guidance_scale_2 is not None and variant.boundary_ratio is None:
+            raise ValidationFailed(
+                f"guidance_scale_2 sets the low-noise expert's guidance; {variant.name} has one expert: "
+                "use guidance_scale", field="guidance_scale_2")
+        image_variants = sorted(n for n, v in self.variants.items() if v.takes_image)
+        media = prepare_media(variant, size=req.size, num_frames=req.num_frames, fit=req.fit,
+                              uploads=uploads or [], image_variants=image_variants)
+        self._check_frames(variant, media.num_frames)
+        native = variant.native_sizes[media.size]
+        guidance = req.guidance_scale if req.guidance_scale is not None else d.guidance_scale
+        params = GenerationParams(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt if req.negative_prompt is not None else d.negative_prompt,
+            width=native.width,
+            height=native.height,
+            num_frames=media.num_frames,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            guidance_scale_2=(req.guidance_scale_2 if req.guidance_scale_2 is not None else d.guidance_scale_2)
+            if variant.boundary_ratio is not None else None,
+            seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
+        )
+        extension = OUTPUT_EXTENSIONS[req.output_format]
+        spec = JobSpec(
+            id=uuid.uuid4().hex,
+            variant=variant.name,
+            params=params,
+            output_size=Size.parse(media.size),
+            filename=sanitize_filename(req.filename, extension) if req.filename is not None else None,
+            output_format=req.output_format,
+            preserve_unmasked=req.preserve_unmasked,
+        )
+        return spec, media.inputs
+
+    @staticmethod
+    def _check_frames(variant: VariantConfig, num_frames: int) -> None:
+        limits = variant.limits
         if not variant.frames_ok(num_frames) or num_frames > limits.max_num_frames:
             k = max(round((num_frames - 1) / variant.temporal_compression), 0)
             nearest = min(k * variant.temporal_compression + 1, limits.max_num_frames)
@@ -78,30 +129,6 @@ class JobService:
                 f"got {num_frames}, try {nearest}",
                 field="num_frames",
             )
-        steps = req.num_inference_steps if req.num_inference_steps is not None else d.num_inference_steps
-        if steps > limits.max_inference_steps:
-            raise ValidationFailed(
-                f"num_inference_steps must be at most {limits.max_inference_steps} for {variant.name}; got {steps}",
-                field="num_inference_steps",
-            )
-        native = variant.native_sizes[req.size]
-        params = GenerationParams(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt if req.negative_prompt is not None else d.negative_prompt,
-            width=native.width,
-            height=native.height,
-            num_frames=num_frames,
-            num_inference_steps=steps,
-            guidance_scale=req.guidance_scale if req.guidance_scale is not None else d.guidance_scale,
-            seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
-        )
-        return JobSpec(
-            id=uuid.uuid4().hex,
-            variant=variant.name,
-            params=params,
-            output_size=Size.parse(req.size),
-            filename=sanitize_filename(req.filename) if req.filename is not None else None,
-        )
 
     @staticmethod
     def accepted(view: JobView) -> GenerateAccepted:
@@ -118,7 +145,9 @@ class JobService:
             phase=rec.phase if rec.status == JobStatus.running else None, step=rec.step, total_steps=rec.total_steps,
             queue_position=view.queue_position, eta_seconds=view.eta_seconds, gpu_id=rec.gpu_id,
             seed=rec.spec.params.seed, filename=rec.filename, file_url=file_url(rec.filename) if has_file else None,
-            error=error, created_at=rec.created_at,
+            error=error, created_at=rec.created_at, output_format=rec.spec.output_format,
+            size=str(rec.spec.output_size), num_frames=rec.spec.params.num_frames,
+            inputs=rec.spec.inputs.summary if rec.spec.inputs is not None else None,
             timings={k: rec.result[k] for k in ("pipeline_seconds", "encode_seconds")} if rec.result else None,
             started_at=rec.started_at, finished_at=rec.finished_at,
         )

@@ -1,0 +1,105 @@
+"""A job's decoded media inputs, kept on disk from submission until the job ends.
+
+The ingress decodes and fits uploads once (deployments/media_decode.py, frame_fit.py) and
+saves the resulting arrays in the job's own folder under ``<data_dir>/inputs/``; the job
+spec carries only the folder (``JobInputs``). The generator loads the arrays, so a job that
+is retried or requeued finds its inputs again, and no frames travel through the router.
+Arrays are stored as ``.npy``: exact, and read back without decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+
+class JobInputs(BaseModel):
+    """Where a job's prepared inputs are, and which ones it has."""
+
+    folder: str = Field(description="Absolute path of the job's input folder.")
+    image: bool = Field(default=False, description="A first frame, (H, W, 3) uint8 at the generation size.")
+    last_image: bool = Field(default=False, description="A last frame (i2v first-last-frame), like image.")
+    video: bool = Field(default=False, description="A source clip, (T, H, W, 3) uint8 at the generation size and fps.")
+    mask: bool = Field(default=False, description="A (T, H, W) bool mask; True = regenerate.")
+    reference_images: int = Field(default=0, ge=0, description="Number of VACE reference images, each (h, w, 3) uint8.")
+    summary: dict = Field(default_factory=dict, description="What was uploaded, for the job's status (sizes, fps).")
+
+
+@dataclass
+class PreparedInputs:
+    """Decoded, fitted inputs of one job. Every array is uint8 RGB or bool, shapes as in JobInputs."""
+
+    image: np.ndarray | None = None
+    last_image: np.ndarray | None = None
+    video: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    reference_images: list[np.ndarray] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    def save(self, folder: Path) -> JobInputs:
+        """Write the arrays to ``folder`` (created; must not exist) and describe them.
+
+        Written to a temporary sibling folder and renamed, so a half-written folder never
+        carries the job's name.
+
+        Raises:
+            FileExistsError: ``folder`` already exists.
+            OSError: the disk is full or not writable.
+        """
+        folder = Path(folder)
+        if folder.exists():
+            raise FileExistsError(f"input folder already exists: {folder.name}")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            for name in ("image", "last_image", "video", "mask"):
+                value = getattr(self, name)
+                if value is not None:
+                    np.save(tmp / f"{name}.npy", value)
+            for i, ref in enumerate(self.reference_images):
+                np.save(tmp / f"reference_{i}.npy", ref)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return JobInputs(
+            folder=str(folder.resolve()), image=self.image is not None, last_image=self.last_image is not None,
+            video=self.video is not None, mask=self.mask is not None,
+            reference_images=len(self.reference_images), summary=self.summary,
+        )
+
+    @classmethod
+    def load(cls, inputs: JobInputs) -> "PreparedInputs":
+        """Read back what ``save`` wrote.
+
+        Raises:
+            FileNotFoundError: the folder or one of its arrays is gone.
+        """
+        folder = Path(inputs.folder)
+
+        def read(name: str) -> np.ndarray:
+            return np.load(folder / f"{name}.npy", allow_pickle=False)
+
+        return cls(
+            image=read("image") if inputs.image else None,
+            last_image=read("last_image") if inputs.last_image else None,
+            video=read("video") if inputs.video else None,
+            mask=read("mask") if inputs.mask else None,
+            reference_images=[read(f"reference_{i}") for i in range(inputs.reference_images)],
+            summary=inputs.summary,
+        )
+
+
+def remove_inputs(inputs: JobInputs | None, inputs_root: Path) -> None:
+    """Delete a job's input folder, but only if it lies directly under ``inputs_root``."""
+    if inputs is None:
+        return
+    folder = Path(inputs.folder).resolve()
+    if folder.parent == Path(inputs_root).resolve() and folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)

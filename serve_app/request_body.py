@@ -1,0 +1,86 @@
+"""Reading POST /generate: a JSON body, or multipart form fields with file uploads.
+
+JSON stays the way to send text-only jobs; multipart carries the same fields as form
+fields plus the files named in ``protocol.UPLOAD_FIELDS``. Both are validated by the same
+pydantic model, so a field means the same thing either way.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from deployments.errors import UnsupportedMediaType, ValidationFailed
+from serve_app.media_inputs import Upload
+from serve_app.protocol import UPLOAD_FIELDS, GenerateRequest
+
+#: Form parts accepted in one request (starlette's parser limits; far above what a job needs).
+MAX_FORM_FILES = 16
+MAX_FORM_FIELDS = 64
+
+
+def _validate(data) -> GenerateRequest:
+    try:
+        return GenerateRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+
+
+async def read_generate_request(request: Request) -> tuple[GenerateRequest, list[Upload]]:
+    """Parse the request into the validated fields and the uploaded files (bytes in memory).
+
+    Raises:
+        RequestValidationError: a field is missing or invalid (answered 422 like any body error).
+        UnsupportedMediaType: the body is neither JSON nor multipart/form-data (415).
+        ValidationFailed: a file sent under a field name that is not an upload field, or a form
+            field sent as a file.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("application/json", ""):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ValidationFailed("the body is not valid JSON", field="body") from None
+        return _validate(body), []
+    if content_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"POST /generate takes application/json or multipart/form-data, not {content_type}", field="body")
+    fields: dict[str, str] = {}
+    uploads: list[Upload] = []
+    async with request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS) as form:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name not in UPLOAD_FIELDS:
+                    raise ValidationFailed(
+                        f"{name!r} is not a file field; files go in {', '.join(UPLOAD_FIELDS)}", field=name)
+                uploads.append(Upload(field=name, data=await value.read(), filename=value.filename))
+            elif name in UPLOAD_FIELDS:
+                raise ValidationFailed(f"{name} must be sent as a file (curl -F {name}=@path)", field=name)
+            else:
+                fields[name] = value
+    return _validate(fields), uploads
+
+
+def generate_openapi() -> dict:
+    """The requestBody of POST /generate for the OpenAPI document: JSON, or multipart with files."""
+    schema = GenerateRequest.model_json_schema()
+    multipart = {
+        "type": "object",
+        "required": schema.get("required", []),
+        "properties": {
+            **schema["properties"],
+            **{name: {"type": "string", "format": "binary", "description": text} for name, text in UPLOAD_FIELDS.items()},
+        },
+    }
+    multipart["properties"]["reference_images"] = {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": UPLOAD_FIELDS["reference_images"],
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}, "multipart/form-data": {"schema": multipart}},
+        }
+    }
