@@ -43,7 +43,7 @@ test-gpu: tiny
 	$(PY) -m pytest tests/gpu -rs
 
 bench: tiny
-	$(PY) bench/job_latency.py
+	$(PY) bench/job_latency.py --variant ti2v-5b-tiny t2v-a14b-tiny i2v-a14b-tiny vace-14b-tiny --size 1280x720 --jobs 2
 
 clean:
 	rm -rf .run var models

@@ -33,7 +33,7 @@ async def read_generate_request(request: Request) -> tuple[GenerateRequest, list
 
     Raises:
         RequestValidationError: a field is missing or invalid (answered 422 like any body error).
-        UnsupportedMediaType: the body is neither JSON nor multipart/form-data (415).
+        UnsupportedMediaType: the body is neither JSON nor a form (multipart or urlencoded) (415).
         ValidationFailed: a file sent under a field name that is not an upload field, or a form
             field sent as a file.
     """
@@ -44,7 +44,7 @@ async def read_generate_request(request: Request) -> tuple[GenerateRequest, list
         except ValueError:
             raise ValidationFailed("the body is not valid JSON", field="body") from None
         return _validate(body), []
-    if content_type != "multipart/form-data":
+    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise UnsupportedMediaType(
             f"POST /generate takes application/json or multipart/form-data, not {content_type}", field="body")
     fields: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny twin on disk, and a real local Ray cluster running the app."""
+"""Shared fixtures: the tiny twins on disk, and a real local Ray cluster running the app."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import pytest
 from model_store.tiny_twin import ensure_tiny_twins
 
 TINY = "ti2v-5b-tiny"
+TINY_VARIANTS = ["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny"]
 TERMINAL = {"success", "error", "canceled"}
 
 
 @pytest.fixture(scope="session")
 def tiny_weights() -> Path:
-    """The tiny twin's diffusers folder (built if missing)."""
-    return ensure_tiny_twins([TINY])[0]
+    """The ti2v-5b tiny twin's diffusers folder; every tiny twin is built if missing."""
+    return dict(zip(TINY_VARIANTS, ensure_tiny_twins(TINY_VARIANTS)))[TINY]
 
 
 def _free_port() -> int:
@@ -59,7 +60,7 @@ def app_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def app_url(ray_serve, app_dir) -> str:
-    """The app on the tiny twin, with a roomy queue."""
+    """The app as `make serve` runs it (all four tiny twins, ti2v-5b-tiny the default), with a roomy queue."""
     return deploy(ray_serve, "main", app_dir, max_queued_jobs=8)
 
 

@@ -121,7 +121,7 @@ def test_unknown_variant_is_404_with_the_deployed_list(client):
     r = client.post("/generate", json={"prompt": "x", "size": "1280x720", "variant": "t2v-a14b"})
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "variant_not_found"
-    assert r.json()["error"]["deployed"] == ["ti2v-5b-tiny"]
+    assert r.json()["error"]["deployed"] == sorted(["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny"])
 
 
 def test_cancel_queued_and_running(client, app_dir):
@@ -201,7 +201,7 @@ def test_health_ready_and_docs(client):
 
 
 def test_backpressure_429_with_retry_after(ray_serve, tmp_path):
-    url = deploy(ray_serve, "bp", tmp_path, max_queued_jobs=1)
+    url = deploy(ray_serve, "bp", tmp_path, max_queued_jobs=1, variants=["ti2v-5b-tiny"])
     with httpx.Client(base_url=url, timeout=60) as c:
         first = c.post("/generate", json={"prompt": "one", "size": "1280x720", **LONG}).json()["id"]
         wait_for(c, first, lambda s: s["status"] == "running")
