@@ -23,7 +23,7 @@ def build_tiny(force: bool = typer.Option(False, help="Rebuild even if the folde
 
 @models.command("list")
 def list_models() -> None:
-    """Variants in configs/ and where their weights come from."""
+    """Variants in configs/: task, pipeline class, and where their weights come from (revision)."""
     from model_store.variants import list_variants, load_variant
 
     for name in list_variants():
@@ -32,7 +32,8 @@ def list_models() -> None:
             where = v.weights_location()
         except FileNotFoundError:
             where = "missing (build-tiny)"
-        typer.echo(f"{name:16} {where}")
+        revision = f"@{v.weights.revision[:12]}" if where == v.weights.repo_id and v.weights.revision else ""
+        typer.echo(f"{name:16} {v.task:5} {v.pipeline_class:24} {where}{revision}")
 
 
 @app.command("render-config")

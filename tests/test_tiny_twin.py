@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,3 +42,29 @@ def test_same_seed_same_weights(tmp_path):
     wa, wb, wc = load_file(a / name), load_file(b / name), load_file(c / name)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_a14b_and_vace_twins_keep_the_real_structure(tiny_weights):
+    t2v = load_pipeline(load_variant("t2v-a14b-tiny"))
+    assert type(t2v).__name__ == "WanPipeline" and t2v.config.boundary_ratio == 0.875
+    assert t2v.transformer is not None and t2v.transformer_2 is not None
+    assert not torch.equal(t2v.transformer.proj_out.weight, t2v.transformer_2.proj_out.weight)  # two experts
+    assert t2v.vae.config.z_dim == 16 and t2v.vae_scale_factor_spatial == 8  # Wan2.1 VAE
+    assert t2v.scheduler.config.flow_shift == 12.0
+
+    i2v = load_pipeline(load_variant("i2v-a14b-tiny"))
+    assert type(i2v).__name__ == "WanImageToVideoPipeline" and i2v.config.boundary_ratio == 0.9
+    assert i2v.transformer.config.in_channels == 36 and i2v.transformer_2.config.in_channels == 36
+    assert i2v.transformer.config.image_dim is None and i2v.image_encoder is None  # latent conditioning only
+
+    vace = load_pipeline(load_variant("vace-14b-tiny"))
+    assert type(vace).__name__ == "WanVACEPipeline"
+    assert type(vace.transformer).__name__ == "WanVACETransformer3DModel"
+    assert vace.transformer.config.vace_in_channels == 96 and 0 in vace.transformer.config.vace_layers
+    assert len(vace.transformer.vace_blocks) == len(vace.transformer.config.vace_layers)
+
+
+def test_loading_refuses_weights_of_another_variant(tiny_weights):
+    wrong = load_variant("t2v-a14b-tiny").model_copy(update={"boundary_ratio": 0.9})
+    with pytest.raises(ValueError, match="boundary_ratio 0.875"):
+        load_pipeline(wrong)
