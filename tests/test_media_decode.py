@@ -92,3 +92,27 @@ def test_truncated_and_foreign_videos_are_refused():
         decode_video(gif_bytes(), field="video", fps=16, max_frames=5, max_side=4096)
     with pytest.raises(InvalidMedia, match="1280x720 pixels"):
         decode_video(data, field="video", fps=16, max_frames=5, max_side=1000)
+
+
+@pytest.mark.parametrize("container, codec, pix_fmt, demuxer", [
+    ("mp4", "libx264", "yuv420p", "mov,mp4,m4a,3gp,3g2,mj2"),
+    ("mov", "libx264", "yuv444p", "mov,mp4,m4a,3gp,3g2,mj2"),
+    ("webm", "libvpx-vp9", "yuv420p", "matroska,webm"),
+])
+def test_mp4_mov_and_webm_clips_decode(tmp_path, container, codec, pix_fmt, demuxer):
+    from fractions import Fraction
+
+    import av
+
+    source = cockatoo_frames(list(range(12)))[:, ::4, ::4]  # 320x180, 12 frames
+    path = tmp_path / f"clip.{container}"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=Fraction(24, 1))
+        stream.width, stream.height, stream.pix_fmt = 320, 180, pix_fmt
+        for frame in source:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode(None))
+    clip = decode_video(path.read_bytes(), field="video", fps=16, max_frames=5, max_side=4096)
+    assert clip.container == demuxer and clip.source_fps == 24.0 and clip.frames.shape == (5, 180, 320, 3)
+    # 24 -> 16 fps keeps source frames 0, 1, 3, 4, 6 (floor(i * 24 / 16)); lossy codecs, so compare loosely.
+    assert np.abs(clip.frames.astype(int) - source[[0, 1, 3, 4, 6]]).mean() < 8

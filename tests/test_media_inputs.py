@@ -56,3 +56,14 @@ def test_two_images_for_one_field_are_refused():
     with pytest.raises(ValidationFailed, match="send one image"):
         prepare_media(load_variant("i2v-a14b-tiny"), size=None, num_frames=None, fit="crop",
                       uploads=[Upload("image", CHELSEA.read_bytes())] * 2, image_variants=[])
+
+
+def test_reference_images_are_decoded_and_bounded():
+    variant = load_variant("vace-14b-tiny")
+    base = [Upload("video", COCKATOO.read_bytes()), Upload("mask", mask_png(box_mask(1280, 720, (0, 0, 64, 64))))]
+    media = prepare_media(variant, size="832x480", num_frames=None, fit="crop",
+                          uploads=base + [Upload("reference_images", CHELSEA.read_bytes())], image_variants=[])
+    assert [r.shape for r in media.inputs.reference_images] == [(300, 451, 3)]
+    with pytest.raises(ValidationFailed, match="at most 3 reference_images"):
+        prepare_media(variant, size="832x480", num_frames=None, fit="crop",
+                      uploads=base + [Upload("reference_images", CHELSEA.read_bytes())] * 4, image_variants=[])

@@ -145,3 +145,19 @@ def test_vace_inpaints_the_cockatoo_and_paste_back_keeps_the_rest(runners):
     assert np.array_equal(final[~mask], source[~mask])
     assert np.array_equal(final[mask], out[mask])
     assert psnr(final[mask], source[mask]) < 20  # the masked region really was regenerated
+
+
+def test_vace_takes_reference_images(runners):
+    runner = runners["vace-14b-tiny"]
+    source = fit_video(cockatoo_frames([0, 1, 2, 3, 5]), 832, 480, "crop")
+    mask = np.ones((5, 480, 832), bool)
+    seen = []
+    hook = runner.pipe.transformer.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["hidden_states"].shape[2]), with_kwargs=True)
+    try:
+        out = runner.run(_params(runner.variant, 832, 480, num_inference_steps=1, guidance_scale=1.0),
+                         inputs=PreparedInputs(video=source, mask=mask, reference_images=[load_rgb(ASTRONAUT)]))
+    finally:
+        hook.remove()
+    # The reference image is one extra latent frame in front of the video's 2, dropped before decoding.
+    assert seen == [3] and out.shape == (5, 480, 832, 3)
