@@ -65,6 +65,22 @@ def _check_frames(frames: np.ndarray, alpha: np.ndarray | None = None) -> None:
         raise ValueError(f"alpha must be (T, H, W) uint8 matching the frames, got {alpha.shape} {alpha.dtype}")
 
 
+def _encode(path: Path, container_format: str, codec: str, fps: int, width: int, height: int, pix_fmt: str,
+            options: dict, video_frames: Iterator[av.VideoFrame], should_abort: Callable[[], bool] | None) -> int:
+    """Encode ``video_frames`` with ``codec`` into ``path`` atomically; returns the file size in bytes."""
+    with _atomic_file(path) as tmp:
+        with av.open(str(tmp), mode="w", format=container_format) as container:
+            stream = container.add_stream(codec, rate=Fraction(fps, 1))
+            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+            stream.options = options
+            for video_frame in video_frames:
+                _check_abort(should_abort)
+                container.mux(stream.encode(video_frame))
+            container.mux(stream.encode(None))
+        _check_abort(should_abort)
+    return Path(path).stat().st_size
+
+
 def write_mp4(
     frames: np.ndarray,
     path: Path,
@@ -92,20 +108,16 @@ def write_mp4(
     out_w = width or frames.shape[2]
     if out_w % 2 or out_h % 2:
         raise ValueError(f"H.264 yuv420p needs even width and height, got {out_w}x{out_h}")
-    with _atomic_file(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps, 1))
-            stream.width, stream.height, stream.pix_fmt = out_w, out_h, "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
-            for frame in frames:
-                _check_abort(should_abort)
-                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                if (frame.shape[1], frame.shape[0]) != (out_w, out_h):
-                    video_frame = video_frame.reformat(width=out_w, height=out_h)
-                container.mux(stream.encode(video_frame))
-            container.mux(stream.encode(None))
-        _check_abort(should_abort)
-    return Path(path).stat().st_size
+
+    def video_frames():
+        for frame in frames:
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if (frame.shape[1], frame.shape[0]) != (out_w, out_h):
+                video_frame = video_frame.reformat(width=out_w, height=out_h)
+            yield video_frame
+
+    return _encode(path, "mp4", "libx264", fps, out_w, out_h, "yuv420p", {"crf": str(crf), "preset": "medium"},
+                   video_frames(), should_abort)
 
 
 def write_webm_alpha(
@@ -130,20 +142,12 @@ def write_webm_alpha(
         ValueError: shapes or dtypes do not match, or a side is odd.
     """
     _check_frames(frames, alpha)
-    t, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     if w % 2 or h % 2:
         raise ValueError(f"VP9 yuva420p needs even width and height, got {w}x{h}")
-    with _atomic_file(path) as tmp:
-        with av.open(str(tmp), mode="w", format="webm") as container:
-            stream = container.add_stream("libvpx-vp9", rate=Fraction(fps, 1))
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuva420p"
-            stream.options = {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}
-            for rgb, a in zip(frames, alpha):
-                _check_abort(should_abort)
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.dstack([rgb, a]), format="rgba")))
-            container.mux(stream.encode(None))
-        _check_abort(should_abort)
-    return Path(path).stat().st_size
+    video_frames = (av.VideoFrame.from_ndarray(np.dstack([rgb, a]), format="rgba") for rgb, a in zip(frames, alpha))
+    options = {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}
+    return _encode(path, "webm", "libvpx-vp9", fps, w, h, "yuva420p", options, video_frames, should_abort)
 
 
 def write_png_zip(

@@ -57,3 +57,23 @@ def test_odd_sizes_and_bad_arrays_are_refused(tmp_path):
         write_mp4(_gradient(h=33, w=64), tmp_path / "x.mp4", fps=24)
     with pytest.raises(ValueError, match="uint8"):
         write_mp4(_gradient().astype(np.float32), tmp_path / "x.mp4", fps=24)
+
+
+def test_alpha_formats_keep_the_alpha_plane_and_leave_nothing_when_aborted(tmp_path):
+    from deployments.video_io import read_png_zip, write_png_zip, write_webm_alpha
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (3, 48, 80, 3), dtype=np.uint8)
+    alpha = np.zeros((3, 48, 80), np.uint8)
+    alpha[:, 8:40, 16:64] = 255
+    write_png_zip(rgb, alpha, tmp_path / "a.zip")
+    rgba = read_png_zip(tmp_path / "a.zip")
+    assert np.array_equal(rgba[..., :3], rgb) and np.array_equal(rgba[..., 3], alpha)
+    write_webm_alpha(rgb, alpha, tmp_path / "a.webm", 16)
+    video = read_video(tmp_path / "a.webm", with_alpha=True)
+    assert video.frames.shape == (3, 48, 80, 4) and np.array_equal(video.frames[..., 3] >= 128, alpha == 255)
+    assert read_video(tmp_path / "a.webm").frames.shape == (3, 48, 80, 3)  # players without alpha see colour
+    for writer, name, extra in ((write_png_zip, "b.zip", {}), (write_webm_alpha, "b.webm", {"fps": 16})):
+        with pytest.raises(JobCanceled):
+            writer(rgb, alpha, tmp_path / name, should_abort=lambda: True, **extra)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.webm", "a.zip"]
