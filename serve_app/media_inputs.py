@@ -189,15 +189,12 @@ def prepare_media(variant: VariantConfig, *, size: str | None, num_frames: int |
 
     prepared, summary = PreparedInputs(), {}
     if variant.task in ("i2v", "ti2v"):
-        first = by_field.get("image")
         images = {}
         for name in ("image", "last_image"):
             if name in by_field:
                 images[name] = decode_image(by_field[name][0].data, field=name, max_side=limits.max_input_side)
                 summary[name] = {"width": images[name].shape[1], "height": images[name].shape[0],
                                  "format": sniff_image_format(by_field[name][0].data)}
-        if "last_image" in images and first is None:
-            raise ValidationFailed("last_image needs an image (the first frame) too", field="image")
         h, w = images["image"].shape[:2]
         chosen = _check_size(variant, size or _orientation_size(variant, w, h))
         native = variant.native_sizes[chosen]
