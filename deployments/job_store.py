@@ -154,6 +154,23 @@ class JobStore:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
         return [self._row(r) for r in rows]
 
+    def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobRecord], bool]:
+        """Up to ``limit`` jobs in submission order (newest first when ``descending``), starting
+        after job ``after``. Returns the jobs and whether more follow. Raises KeyError for an
+        unknown ``after``."""
+        order, cmp = ("DESC", "<") if descending else ("ASC", ">")
+        with self._lock:
+            start = None
+            if after is not None:
+                row = self._db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
+                if row is None:
+                    raise KeyError(after)
+                start = row[0]
+            where, args = (f"WHERE seq {cmp} ?", [start]) if start is not None else ("", [])
+            rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY seq {order} LIMIT ?",
+                                    [*args, limit + 1]).fetchall()
+        return [self._row(r) for r in rows[:limit]], len(rows) > limit
+
     def newest_with_prompt(self, prompt: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute(

@@ -66,6 +66,7 @@ class JobSpec(BaseModel):
     filename: str | None = Field(default=None, description="Sanitized output filename, or None for the default name.")
     inputs: JobInputs | None = Field(default=None, description="Decoded media inputs on disk; None for text-only jobs.")
     output_format: OutputFormat = Field(default="mp4", description="Result file format.")
+    remixed_from: str | None = Field(default=None, description="Id of the job this one remixes (same parameters, new prompt).")
     preserve_unmasked: bool = Field(
         default=True, description="VACE: copy the source pixels outside the mask into the result (paste-back).")
 

@@ -216,6 +216,18 @@ class Router:
         """The job's record with its queue position and ETA. Raises JobNotFound."""
         return self._view(self._get(job_id))
 
+    async def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobView], bool]:
+        """A page of jobs with their live queue positions and ETAs, and whether more follow.
+
+        Raises:
+            JobNotFound: ``after`` names no job.
+        """
+        try:
+            records, more = self.store.page(after, limit, descending)
+        except KeyError:
+            raise JobNotFound(f"no job with id {after!r} to list after") from None
+        return [self._view(r) for r in records], more
+
     async def lookup(self, prompt: str) -> JobView:
         """The newest job submitted with exactly ``prompt``. Raises JobNotFound."""
         rec = self.store.newest_with_prompt(prompt)

@@ -30,9 +30,17 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
 }
 
 
+#: HTTP status -> OpenAI's error ``type`` (openai-python raises the matching exception class).
+_ERROR_TYPES = {413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
+                404: "invalid_request_error", 409: "invalid_request_error", 429: "rate_limit_error",
+                503: "server_error"}
+
+
 def error_response(exc: e.ServiceError) -> JSONResponse:
     status = next((code for cls, code in STATUS_CODES.items() if isinstance(exc, cls)), 500)
-    body = {"code": exc.code, "message": exc.message}
+    # OpenAI's error shape is a superset-compatible: message, type, param, code.
+    body = {"code": exc.code, "message": exc.message, "type": _ERROR_TYPES.get(status, "server_error"),
+            "param": exc.details.get("field")}
     body.update({k: v for k, v in exc.details.items() if k != "retry_after_s"})
     headers = {}
     if "retry_after_s" in exc.details:

@@ -4,14 +4,16 @@
 import asyncio
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.errors import ValidationFailed
+from deployments.errors import FileNotFoundForJob, ValidationFailed
 from deployments.jobs import JobStatus
+from deployments.router import JobView
 from model_store.variants import VariantConfig
 from serve_app import errors
 from serve_app.filenames import RESULT_EXTENSIONS, sanitize_filename
@@ -23,8 +25,11 @@ from serve_app.protocol import (
     JobStatusResponse,
     VideoInfo,
 )
-from serve_app.request_body import generate_openapi, read_generate_request
+from serve_app.previews import spritesheet_jpeg, thumbnail_jpeg
+from serve_app.request_body import generate_openapi, read_fields_and_files, read_generate_request
 from serve_app.serving import JobService
+from serve_app.videos_protocol import RemixRequest, Video, VideoDeleted, VideoList
+from serve_app.videos_serving import VIDEO_FILE_FIELDS, VideosService
 
 _MEDIA_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".zip": "application/zip"}
 
@@ -56,6 +61,7 @@ class Ingress:
                  inputs_dir: str) -> None:
         self.router = router
         self.jobs = JobService(variants, default_variant)
+        self.videos = VideosService(self.jobs)
         self.inputs_dir = Path(inputs_dir)
 
     @api.post("/generate", status_code=202, response_model=GenerateAccepted, responses=_ERRORS,
@@ -68,17 +74,85 @@ class Ingress:
         inputs) are stored before this answers 202.
         """
         req, uploads = await read_generate_request(request)
-        spec, prepared = await asyncio.to_thread(self.jobs.build_spec, req, uploads)
-        if prepared is None:
-            return self.jobs.accepted(await self.router.submit.remote(spec))
-        folder = self.inputs_dir / spec.id
-        spec.inputs = await asyncio.to_thread(prepared.save, folder)
+        return self.jobs.accepted(await self._submit(req, uploads))
+
+    async def _submit(self, req, uploads, spec=None) -> JobView:
+        """Build (unless given), store the inputs of, and submit one job; returns the router's view."""
+        if spec is None:
+            spec, prepared = await asyncio.to_thread(self.jobs.build_spec, req, uploads)
+            if prepared is not None:
+                spec.inputs = await asyncio.to_thread(prepared.save, self.inputs_dir / spec.id)
         try:
-            return self.jobs.accepted(await self.router.submit.remote(spec))
+            return await self.router.submit.remote(spec)
         except BaseException:
             # Refused (queue full, filename taken): the job does not exist, so neither do its inputs.
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            if spec.inputs is not None:
+                await asyncio.to_thread(shutil.rmtree, spec.inputs.folder, True)
             raise
+
+    # ---- OpenAI-compatible Videos API --------------------------------------------------
+
+    @api.post("/v1/videos", response_model=Video, responses=_ERRORS, tags=["openai"])
+    async def create_video(self, request: Request) -> Video:
+        """OpenAI ``videos.create``: prompt, model (a variant), seconds, size, and an optional
+        ``input_reference`` image (multipart) for image-to-video."""
+        fields, uploads = await read_fields_and_files(request, VIDEO_FILE_FIELDS)
+        req, images = self.videos.generate_request(fields, uploads)
+        return self.videos.video(await self._submit(req, images))
+
+    @api.get("/v1/videos", response_model=VideoList, responses=_ERRORS, tags=["openai"])
+    async def list_videos(
+        self,
+        after: str | None = Query(default=None, description="Id of the last video of the previous page."),
+        limit: int = Query(default=20, ge=1, le=100, description="Videos per page."),
+        order: Literal["asc", "desc"] = Query(default="desc", description="By creation time."),
+    ) -> VideoList:
+        """OpenAI ``videos.list``: every job of this service, newest first by default."""
+        views, more = await self.router.page.remote(after, limit, order == "desc")
+        data = [self.videos.video(v) for v in views]
+        return VideoList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                         has_more=more)
+
+    @api.get("/v1/videos/{video_id}", response_model=Video, responses=_ERRORS, tags=["openai"])
+    async def retrieve_video(self, video_id: str) -> Video:
+        """OpenAI ``videos.retrieve``."""
+        return self.videos.video(await self.router.status.remote(video_id))
+
+    @api.delete("/v1/videos/{video_id}", response_model=VideoDeleted, responses=_ERRORS, tags=["openai"])
+    async def delete_video(self, video_id: str) -> VideoDeleted:
+        """OpenAI ``videos.delete``: cancels the job if it is unfinished, removes it and its file."""
+        await self.router.status.remote(video_id)  # 404 for an unknown id
+        await self.router.delete_jobs.remote([video_id], None, False, True)
+        return VideoDeleted(id=video_id)
+
+    @api.get("/v1/videos/{video_id}/content", responses={**_ERRORS, 200: {"content": {
+        "video/mp4": {}, "image/jpeg": {}}}}, tags=["openai"])
+    async def video_content(
+        self, video_id: str,
+        variant: Literal["video", "thumbnail", "spritesheet"] = Query(
+            default="video", description="video: the MP4; thumbnail: its middle frame (JPEG); spritesheet: "
+            "up to 16 evenly spaced frames in a 4-column grid (JPEG)."),
+    ) -> Response:
+        """OpenAI ``videos.download_content``, once the video is completed."""
+        view = await self.router.status.remote(video_id)
+        filename = view.record.filename if view.record.status == JobStatus.success else None
+        if not filename:
+            raise FileNotFoundForJob(f"video {video_id} is {view.record.status.value}; content exists once it "
+                                     "is completed")
+        path = Path(await self.router.resolve_file.remote(filename))
+        if variant == "video":
+            extension = path.suffix.lower()
+            return FileResponse(path, media_type=_MEDIA_TYPES.get(extension, "application/octet-stream"),
+                                filename=path.name)
+        make = thumbnail_jpeg if variant == "thumbnail" else spritesheet_jpeg
+        return Response(await asyncio.to_thread(make, path), media_type="image/jpeg")
+
+    @api.post("/v1/videos/{video_id}/remix", response_model=Video, responses=_ERRORS, tags=["openai"])
+    async def remix_video(self, video_id: str, body: RemixRequest) -> Video:
+        """OpenAI ``videos.remix``: a new job with the same parameters (seed, size, frames, inputs) and a new prompt."""
+        original = (await self.router.status.remote(video_id)).record.spec
+        spec = await asyncio.to_thread(self.videos.remix_spec, original, body.prompt, self.inputs_dir)
+        return self.videos.video(await self._submit(None, None, spec=spec))
 
     @api.get("/status/{job_id}", response_model=JobStatusResponse, responses=_ERRORS)
     async def status(self, job_id: str) -> JobStatusResponse:

@@ -21,46 +21,59 @@ MAX_FORM_FILES = 16
 MAX_FORM_FIELDS = 64
 
 
-def _validate(data) -> GenerateRequest:
+def validate_model(model, data):
+    """``model.model_validate(data)``, with pydantic's errors raised as FastAPI's (answered 422)."""
     try:
-        return GenerateRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
 
-async def read_generate_request(request: Request) -> tuple[GenerateRequest, list[Upload]]:
-    """Parse the request into the validated fields and the uploaded files (bytes in memory).
+async def read_fields_and_files(request: Request, file_fields) -> tuple[dict, list[Upload]]:
+    """The body as a dict of fields and a list of uploads (bytes in memory).
+
+    JSON bodies give fields only; forms (multipart or urlencoded) give text fields and the
+    files sent under the names in ``file_fields``.
 
     Raises:
-        RequestValidationError: a field is missing or invalid (answered 422 like any body error).
         UnsupportedMediaType: the body is neither JSON nor a form (multipart or urlencoded) (415).
-        ValidationFailed: a file sent under a field name that is not an upload field, or a form
-            field sent as a file.
+        ValidationFailed: invalid JSON, a file under a name not in ``file_fields``, or one of
+            those names sent as text.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/json", ""):
         try:
-            body = await request.json()
+            return await request.json(), []
         except ValueError:
             raise ValidationFailed("the body is not valid JSON", field="body") from None
-        return _validate(body), []
     if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise UnsupportedMediaType(
-            f"POST /generate takes application/json or multipart/form-data, not {content_type}", field="body")
+            f"{request.url.path} takes application/json or multipart/form-data, not {content_type}", field="body")
     fields: dict[str, str] = {}
     uploads: list[Upload] = []
     async with request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS) as form:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if name not in UPLOAD_FIELDS:
+                if name not in file_fields:
                     raise ValidationFailed(
-                        f"{name!r} is not a file field; files go in {', '.join(UPLOAD_FIELDS)}", field=name)
+                        f"{name!r} is not a file field; files go in {', '.join(file_fields)}", field=name)
                 uploads.append(Upload(field=name, data=await value.read(), filename=value.filename))
-            elif name in UPLOAD_FIELDS:
+            elif name in file_fields:
                 raise ValidationFailed(f"{name} must be sent as a file (curl -F {name}=@path)", field=name)
             else:
                 fields[name] = value
-    return _validate(fields), uploads
+    return fields, uploads
+
+
+async def read_generate_request(request: Request) -> tuple[GenerateRequest, list[Upload]]:
+    """Parse POST /generate into the validated fields and the uploaded files.
+
+    Raises:
+        RequestValidationError: a field is missing or invalid (answered 422 like any body error).
+        UnsupportedMediaType, ValidationFailed: as ``read_fields_and_files``.
+    """
+    fields, uploads = await read_fields_and_files(request, UPLOAD_FIELDS)
+    return validate_model(GenerateRequest, fields), uploads
 
 
 def generate_openapi() -> dict:
