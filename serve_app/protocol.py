@@ -119,6 +119,8 @@ class DeleteVideosResult(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. validation_error, queue_full.")
     message: str = Field(description="What went wrong and what to do.")
+    type: str = Field(description="OpenAI's error type: invalid_request_error, rate_limit_error or server_error.")
+    param: str | None = Field(default=None, description="The request field or upload at fault, if one is.")
 
 
 class ErrorResponse(BaseModel):
