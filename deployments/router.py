@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -24,7 +25,7 @@ from deployments.errors import (
 )
 from deployments.job_inputs import remove_inputs
 from deployments.job_store import JobRecord, JobStore
-from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent
+from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent, job_progress
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,6 +47,19 @@ class JobView(BaseModel):
     record: JobRecord
     queue_position: int | None = Field(default=None, description="1 = next of its variant to start; None unless queued.")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds until the file is written.")
+
+
+class _EventLog:
+    """A job's progress events, in order, for SSE and WebSocket listeners to read and resume."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+        self.changed = asyncio.Event()
+        self.done = False
+
+
+#: Event logs kept in memory; the oldest logs of ended jobs go first beyond this many.
+MAX_EVENT_LOGS = 1000
 
 
 class _Running:
@@ -73,9 +87,87 @@ class Router:
         queued = self.store.by_status([JobStatus.queued])
         self.queue: list[str] = [r.id for r in queued]
         self._variant_of = {r.id: r.variant for r in queued}  # for queued jobs only
+        self._logs: OrderedDict[str, _EventLog] = OrderedDict()
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
         self._wake.set()
+
+    # ---- progress events ----------------------------------------------------------------
+
+    def _update(self, job_id: str, **fields) -> None:
+        """Write ``fields`` to the job's row, then record the change as an event."""
+        self.store.update(job_id, **fields)
+        rec = self.store.get(job_id)
+        if rec is not None:
+            self._record(rec)
+
+    def _record(self, rec: JobRecord, log: _EventLog | None = None) -> None:
+        """Append an event for ``rec``'s current state to its log, unless nothing a listener sees changed."""
+        log = log or self._logs.get(rec.id)
+        if log is None:
+            return
+        view = self._view(rec)
+        if rec.status.terminal:
+            kind = "terminal"
+        elif rec.status == JobStatus.queued:
+            kind = "queued"
+        elif rec.phase == Phase.denoising.value and rec.step:
+            kind = "step"
+        else:
+            kind = "phase"
+        event = {"status": rec.status.value, "phase": rec.phase if rec.status == JobStatus.running else None,
+                 "step": rec.step, "total_steps": rec.total_steps, "progress": job_progress(rec),
+                 "eta_seconds": view.eta_seconds, "queue_position": view.queue_position}
+        if rec.status.terminal:
+            event["error"] = {"code": rec.error_code, "message": rec.error_message} if rec.error_code else None
+            event["filename"] = rec.filename if rec.status == JobStatus.success else None
+        if log.items and all(log.items[-1][k] == event[k] for k in ("status", "phase", "step", "queue_position")):
+            return
+        log.items.append({"id": len(log.items) + 1, "event": kind, **event})
+        log.done = rec.status.terminal
+        log.changed.set()
+        log.changed = asyncio.Event()
+
+    def _open_log(self, rec: JobRecord) -> _EventLog:
+        log = self._logs[rec.id] = _EventLog()
+        self._record(rec, log)
+        while len(self._logs) > MAX_EVENT_LOGS:
+            oldest = next((k for k, v in self._logs.items() if v.done), None)
+            if oldest is None:
+                break
+            del self._logs[oldest]
+        return log
+
+    async def events(self, job_id: str, after: int = 0, timeout_s: float = 15.0) -> dict:
+        """Events of ``job_id`` with ids above ``after``, waiting up to ``timeout_s`` seconds for one.
+
+        Returns ``{"events": [...], "done": bool}``; ``done`` is true once the terminal event has
+        been returned. Each event: ``id`` (1, 2, ...), ``event`` (queued, phase, step, terminal),
+        ``status``, ``phase``, ``step``, ``total_steps``, ``progress`` (0..1), ``eta_seconds``,
+        ``queue_position``, and for the terminal event ``error`` and ``filename``. Nothing is
+        computed for a job nobody asks about beyond appending to its log. A log that is not in
+        memory (router restarted, or evicted) starts again from a snapshot of the stored job.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        log = self._logs.get(job_id)
+        if log is None:
+            log = self._open_log(self._get(job_id))
+        new = [e for e in log.items if e["id"] > after]
+        if not new and not log.done:
+            try:
+                await asyncio.wait_for(log.changed.wait(), timeout_s)
+            except TimeoutError:
+                pass
+            new = [e for e in log.items if e["id"] > after]
+            if not new and log.items and log.items[-1]["event"] == "queued":
+                rec = self.store.get(job_id)  # queue positions move without an update of this job
+                if rec is not None:
+                    self._record(rec, log)
+                    new = [e for e in log.items if e["id"] > after]
+        return {"events": new, "done": log.done and (not log.items or log.items[-1]["id"] <= max(
+            [after] + [e["id"] for e in new]))}
 
     # ---- queue and dispatch -------------------------------------------------------------
 
@@ -101,11 +193,14 @@ class Router:
                 run = _Running(rec.spec)
                 self.running[job_id] = run
                 run.task = asyncio.create_task(self._run(run))
+                for waiting in self._queued_of(variant):  # everyone behind it moved up one place
+                    if waiting in self._logs and (queued := self.store.get(waiting)) is not None:
+                        self._record(queued)
 
     async def _run(self, run: _Running) -> None:
         spec = run.spec
         started = time.time()
-        self.store.update(spec.id, status=JobStatus.running, phase=Phase.loading.value, started_at=started,
+        self._update(spec.id, status=JobStatus.running, phase=Phase.loading.value, started_at=started,
                           attempts=self.store.get(spec.id).attempts + 1)
         try:
             run.stream = self.generators[spec.variant].options(stream=True).generate.remote(spec)
@@ -117,10 +212,10 @@ class Router:
                                   gpu_id=item.gpu_id)
                     if item.step_seconds is not None:  # phases after denoising keep the measured step time
                         fields["step_seconds"] = item.step_seconds
-                    self.store.update(spec.id, **fields)
+                    self._update(spec.id, **fields)
                 elif isinstance(item, JobResult):
                     finished = time.time()
-                    self.store.update(spec.id, status=JobStatus.success, phase=None, filename=item.filename,
+                    self._update(spec.id, status=JobStatus.success, phase=None, filename=item.filename,
                                       result=item.model_dump(), finished_at=finished, gpu_id=item.gpu_id)
                     self.store.record_job_seconds(spec.variant, finished - started)
         except asyncio.CancelledError:
@@ -135,12 +230,12 @@ class Router:
                 else:
                     code = "internal"
                     message = f"generation failed ({type(inner).__name__}); the server log has details"
-                self.store.update(spec.id, status=JobStatus.error, error_code=code, error_message=message,
+                self._update(spec.id, status=JobStatus.error, error_code=code, error_message=message,
                                   finished_at=time.time())
         finally:
             rec = self.store.get(spec.id)
             if rec is not None and rec.status == JobStatus.running and not run.canceled:
-                self.store.update(spec.id, status=JobStatus.error, error_code="internal",
+                self._update(spec.id, status=JobStatus.error, error_code="internal",
                                   error_message="the generator stream ended without a result", finished_at=time.time())
             self.running.pop(spec.id, None)
             rec = self.store.get(spec.id)
@@ -203,6 +298,7 @@ class Router:
         rec = self.store.insert(spec)
         self.queue.append(spec.id)
         self._variant_of[spec.id] = spec.variant
+        self._open_log(rec)
         self._wake.set()
         return self._view(rec)
 
@@ -244,7 +340,7 @@ class Router:
         rec = self._get(job_id)
         if rec.status.terminal:
             return self._view(rec)
-        self.store.update(job_id, status=JobStatus.canceled, error_code="canceled", error_message="canceled by request",
+        self._update(job_id, status=JobStatus.canceled, error_code="canceled", error_message="canceled by request",
                           finished_at=time.time())
         if job_id in self.queue:
             self.queue.remove(job_id)

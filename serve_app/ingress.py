@@ -2,16 +2,17 @@
 
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.errors import FileNotFoundForJob, ValidationFailed
+from deployments.errors import FileNotFoundForJob, JobNotFound, ValidationFailed, unwrap
 from deployments.jobs import JobStatus
 from deployments.router import JobView
 from model_store.variants import VariantConfig
@@ -32,6 +33,18 @@ from serve_app.videos_protocol import RemixRequest, Video, VideoDeleted, VideoLi
 from serve_app.videos_serving import VIDEO_FILE_FIELDS, VideosService
 
 _MEDIA_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".zip": "application/zip"}
+
+#: Seconds one events call waits in the router for something new; an SSE keep-alive comment
+#: goes out after each empty wait, so proxies with idle timeouts of 30 s or more keep the stream.
+EVENTS_WAIT_S = 15.0
+
+
+def _last_event_id(header: str | None) -> int:
+    try:
+        return max(int(header), 0) if header else 0
+    except ValueError:
+        raise ValidationFailed(f"Last-Event-ID must be an event id (an integer), got {header!r}",
+                               field="Last-Event-ID") from None
 
 api = FastAPI(
     title="wan-serve",
@@ -163,6 +176,56 @@ class Ingress:
     async def cancel(self, job_id: str) -> JobStatusResponse:
         """Cancel a queued or running job; it ends `canceled` and writes no file. The job stays listed."""
         return self.jobs.status(await self.router.cancel.remote(job_id))
+
+    @api.get("/jobs/{job_id}/events", responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}})
+    async def job_events(self, job_id: str, request: Request) -> StreamingResponse:
+        """Server-Sent Events: one event per phase change, per denoising step and per queue move,
+        then the terminal event, after which the stream ends. Each has ``id``, ``event`` (queued,
+        phase, step, terminal) and JSON ``data`` (status, phase, step, total_steps, progress,
+        eta_seconds, queue_position). Reconnect with ``Last-Event-ID`` to resume after that event."""
+        after = _last_event_id(request.headers.get("last-event-id"))
+        first = await self.router.events.remote(job_id, after, 0.0)  # 404 before the stream starts
+
+        async def stream():
+            batch = first
+            nonlocal after
+            while True:
+                for event in batch["events"]:
+                    after = event["id"]
+                    yield f"id: {event['id']}\nevent: {event['event']}\ndata: {json.dumps(event)}\n\n"
+                if batch["done"]:
+                    return
+                if not batch["events"]:
+                    yield ": keep-alive\n\n"
+                batch = await self.router.events.remote(job_id, after, EVENTS_WAIT_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @api.websocket("/ws/jobs/{job_id}")
+    async def job_events_ws(self, websocket: WebSocket, job_id: str, last_event_id: int = 0) -> None:
+        """The same events as /jobs/{id}/events, one JSON message each; the server closes the
+        socket (code 1000) after the terminal event, or with 4404 for an unknown job."""
+        await websocket.accept()
+        after = last_event_id
+        try:
+            while True:
+                try:
+                    batch = await self.router.events.remote(job_id, after, EVENTS_WAIT_S)
+                except Exception as exc:
+                    inner = unwrap(exc)
+                    if isinstance(inner, JobNotFound):
+                        await websocket.close(code=4404, reason=inner.message[:120])
+                        return
+                    raise
+                for event in batch["events"]:
+                    after = event["id"]
+                    await websocket.send_json(event)
+                if batch["done"]:
+                    await websocket.close(code=1000)
+                    return
+        except WebSocketDisconnect:
+            return
 
     @api.get("/jobs/lookup", response_model=JobStatusResponse, responses=_ERRORS)
     async def lookup(self, prompt: str = Query(min_length=1, description="Exact prompt text.")) -> JobStatusResponse:

@@ -10,7 +10,7 @@ import uuid
 
 from deployments.errors import ValidationFailed, VariantNotDeployed
 from deployments.job_inputs import PreparedInputs
-from deployments.jobs import OUTPUT_EXTENSIONS, GenerationParams, JobSpec, JobStatus
+from deployments.jobs import OUTPUT_EXTENSIONS, GenerationParams, JobSpec, JobStatus, job_progress
 from deployments.router import JobView
 from model_store.variants import Size, VariantConfig
 from serve_app.filenames import sanitize_filename
@@ -21,24 +21,6 @@ from serve_app.protocol import GenerateAccepted, GenerateRequest, JobStatusRespo
 def file_url(filename: str) -> str:
     """Path, relative to the service root, where a result file is downloaded."""
     return f"/files/{filename}"
-
-
-#: Share of ``progress`` given to denoising; decoding and encoding the video take the rest.
-#: A choice, not a measurement: denoising dominates on GPUs (Wan2.2 README timings).
-DENOISING_SHARE = 0.9
-
-
-def job_progress(rec) -> float:
-    """0..1: denoising steps fill 0..0.9, the VAE decode reaches 0.9, encoding the video 0.95, success 1."""
-    if rec.status == JobStatus.success:
-        return 1.0
-    if rec.status != JobStatus.running:
-        return 0.0
-    if rec.phase == "encoding_video":
-        return 0.95
-    if rec.phase == "decoding":
-        return DENOISING_SHARE
-    return DENOISING_SHARE * min(rec.step / rec.total_steps, 1.0) if rec.total_steps else 0.0
 
 
 class JobService:
