@@ -166,8 +166,8 @@ class Router:
                 if rec is not None:
                     self._record(rec, log)
                     new = [e for e in log.items if e["id"] > after]
-        return {"events": new, "done": log.done and (not log.items or log.items[-1]["id"] <= max(
-            [after] + [e["id"] for e in new]))}
+        seen_up_to = new[-1]["id"] if new else after
+        return {"events": new, "done": log.done and seen_up_to >= log.items[-1]["id"]}
 
     # ---- queue and dispatch -------------------------------------------------------------
 

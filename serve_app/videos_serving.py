@@ -97,6 +97,7 @@ class VideosService:
                                            "remixed_from": original.id})
 
     def video(self, view: JobView) -> Video:
+        """The job as OpenAI's video object: ``seconds`` is num_frames / fps, ``progress`` 0-100."""
         rec = view.record
         spec = rec.spec
         variant = self.jobs.variants.get(rec.variant)
