@@ -43,6 +43,29 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(prompt, seq);
 CREATE INDEX IF NOT EXISTS jobs_filename ON jobs(filename);
+CREATE TABLE IF NOT EXISTS webhook_messages (
+    id          TEXT PRIMARY KEY,                        -- webhook-id header, the same on every attempt
+    job_id      TEXT NOT NULL,
+    event_type  TEXT NOT NULL,
+    payload     TEXT NOT NULL,                           -- the body, byte for byte as signed
+    state       TEXT NOT NULL,                           -- pending | delivered | failed
+    created_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_messages_job ON webhook_messages(job_id, created_at);
+CREATE INDEX IF NOT EXISTS webhook_messages_state ON webhook_messages(state);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id       TEXT NOT NULL,
+    job_id           TEXT NOT NULL,
+    attempt          INTEGER NOT NULL,                   -- 1, 2, ...
+    attempted_at     REAL NOT NULL,
+    address          TEXT,                               -- the checked IP address it connected to
+    status_code      INTEGER,                            -- the receiver's HTTP status, if it answered
+    error            TEXT,                               -- why it was not delivered, if it was not
+    duration_s       REAL,
+    next_attempt_at  REAL                                -- when the retry is due; null when none follows
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_message ON webhook_attempts(message_id, attempt);
 CREATE TABLE IF NOT EXISTS variant_stats (
     variant          TEXT PRIMARY KEY,
     avg_job_seconds  REAL NOT NULL,
@@ -77,6 +100,30 @@ class JobRecord(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+
+
+class WebhookAttempt(BaseModel):
+    """One try at delivering a webhook message. Times are Unix seconds."""
+
+    attempt: int = Field(description="1 for the first try.")
+    attempted_at: float
+    address: str | None = Field(default=None, description="IP address connected to (after the SSRF check).")
+    status_code: int | None = Field(default=None, description="The receiver's HTTP status, if it answered.")
+    error: str | None = Field(default=None, description="Why this try did not deliver, if it did not.")
+    duration_s: float | None = Field(default=None, description="Seconds from connect to the receiver's answer.")
+    next_attempt_at: float | None = Field(default=None, description="When the retry is due; null when none follows.")
+
+
+class WebhookMessage(BaseModel):
+    """One webhook event of a job, with every delivery attempt."""
+
+    id: str = Field(description="The webhook-id header: the same on every attempt, so receivers can deduplicate.")
+    job_id: str
+    event_type: str
+    payload: str = Field(description="The JSON body exactly as signed.")
+    state: str = Field(description="pending (being delivered or retried), delivered, or failed (gave up).")
+    created_at: float
+    attempts: list[WebhookAttempt] = Field(default_factory=list)
 
 
 class JobStore:
@@ -198,11 +245,62 @@ class JobStore:
         return [self._row(r) for r in rows]
 
     def delete(self, ids: Iterable[str]) -> None:
+        """Remove jobs and their webhook records."""
         ids = list(ids)
         if not ids:
             return
+        marks = ",".join("?" * len(ids))
         with self._lock:
-            self._db.execute(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids)
+            for table, column in (("jobs", "id"), ("webhook_messages", "job_id"), ("webhook_attempts", "job_id")):
+                self._db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+
+    # ---- webhooks ---------------------------------------------------------------------------
+
+    def add_webhook_message(self, message_id: str, job_id: str, event_type: str, payload: str) -> None:
+        """Record a webhook message as ``pending`` before its first attempt."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO webhook_messages (id, job_id, event_type, payload, state, created_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (message_id, job_id, event_type, payload, time.time()))
+
+    def set_webhook_state(self, message_id: str, state: str) -> None:
+        """Mark a message ``delivered`` or ``failed``."""
+        with self._lock:
+            self._db.execute("UPDATE webhook_messages SET state = ? WHERE id = ?", (state, message_id))
+
+    def add_webhook_attempt(self, message_id: str, job_id: str, attempt: WebhookAttempt) -> int:
+        """Record one delivery attempt; returns its row id (for ``set_next_attempt``)."""
+        data = attempt.model_dump()
+        cols = ", ".join(data)
+        with self._lock:
+            cur = self._db.execute(
+                f"INSERT INTO webhook_attempts (message_id, job_id, {cols}) VALUES (?, ?, {','.join('?' * len(data))})",
+                (message_id, job_id, *data.values()))
+            return cur.lastrowid
+
+    def set_next_attempt(self, row_id: int, at: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE webhook_attempts SET next_attempt_at = ? WHERE seq = ?", (at, row_id))
+
+    def webhook_messages(self, job_id: str | None = None, state: str | None = None) -> list[WebhookMessage]:
+        """Messages of one job (or of every job), oldest first, each with its attempts in order."""
+        where, args = [], []
+        if job_id is not None:
+            where.append("job_id = ?")
+            args.append(job_id)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM webhook_messages {clause} ORDER BY created_at, rowid", args).fetchall()
+            messages = [WebhookMessage(**dict(r)) for r in rows]
+            for m in messages:
+                attempts = self._db.execute(
+                    "SELECT attempt, attempted_at, address, status_code, error, duration_s, next_attempt_at "
+                    "FROM webhook_attempts WHERE message_id = ? ORDER BY attempt", (m.id,)).fetchall()
+                m.attempts = [WebhookAttempt(**dict(a)) for a in attempts]
+        return messages
 
     def avg_job_seconds(self, variant: str) -> float | None:
         """Moving average of recent job durations (dispatch to file written) for ``variant``, seconds."""

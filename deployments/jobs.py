@@ -56,6 +56,26 @@ class GenerationParams(BaseModel):
     seed: int = Field(description="Seed of the CPU torch.Generator that draws the initial latents.")
 
 
+#: Webhook event types (Standard Webhooks ``type``; the names follow OpenAI's ``video.completed``
+#: and ``video.failed``). ``video.progress`` is sent at most once per ``progress_interval_s``.
+WebhookEvent = Literal["video.completed", "video.failed", "video.canceled", "video.progress"]
+
+#: Sent when a job names no ``webhook_events``: the terminal ones.
+DEFAULT_WEBHOOK_EVENTS: tuple[str, ...] = ("video.completed", "video.failed", "video.canceled")
+
+
+class WebhookSpec(BaseModel):
+    """Where a job's webhooks go (checked by the SSRF guard at submit, and again at each delivery)."""
+
+    url: str = Field(description="http(s) URL the events are POSTed to.")
+    events: list[WebhookEvent] = Field(default=list(DEFAULT_WEBHOOK_EVENTS), description="Event types to send.")
+
+
+def file_url(filename: str) -> str:
+    """Path, relative to the service root, where a result file is downloaded: ``/files/{filename}``."""
+    return f"/files/{filename}"
+
+
 class JobSpec(BaseModel):
     """What the router hands the generator: one job to run and write."""
 
@@ -69,6 +89,7 @@ class JobSpec(BaseModel):
     remixed_from: str | None = Field(default=None, description="Id of the job this one remixes (same parameters, new prompt).")
     preserve_unmasked: bool = Field(
         default=True, description="VACE: copy the source pixels outside the mask into the result (paste-back).")
+    webhook: WebhookSpec | None = Field(default=None, description="Signed webhooks for this job's events, if any.")
 
 
 class ProgressEvent(BaseModel):

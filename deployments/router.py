@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -26,6 +26,7 @@ from deployments.errors import (
 from deployments.job_inputs import remove_inputs
 from deployments.job_store import JobRecord, JobStore
 from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent, job_progress
+from deployments.webhooks import WebhookConfig, WebhookSender
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,6 +40,8 @@ class RouterConfig(BaseModel):
     max_queued_jobs: int = Field(ge=0, description="Jobs allowed to wait; one more gets HTTP 429 (backpressure).")
     slots: dict[str, int] = Field(description="Variant -> generator replicas, i.e. jobs it may run at once.")
     retry_after_s: int = Field(default=30, ge=1, description="Retry-After when no job duration has been measured yet, seconds.")
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Webhook delivery settings.")
+    webhook_secret: SecretStr = Field(description="Standard Webhooks signing secret, 'whsec_' + base64.")
 
 
 class JobView(BaseModel):
@@ -88,6 +91,10 @@ class Router:
         self.queue: list[str] = [r.id for r in queued]
         self._variant_of = {r.id: r.variant for r in queued}  # for queued jobs only
         self._logs: OrderedDict[str, _EventLog] = OrderedDict()
+        self.webhooks = WebhookSender(config.webhooks, config.webhook_secret.get_secret_value(), self.store)
+        resumed = self.webhooks.resume()
+        if resumed:
+            logger.info("resending %d webhook messages a previous router had not delivered", resumed)
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
         self._wake.set()
@@ -95,17 +102,16 @@ class Router:
     # ---- progress events ----------------------------------------------------------------
 
     def _update(self, job_id: str, **fields) -> None:
-        """Write ``fields`` to the job's row, then record the change as an event."""
+        """Write ``fields`` to the job's row, then record the change as an event (and webhook)."""
         self.store.update(job_id, **fields)
         rec = self.store.get(job_id)
         if rec is not None:
             self._record(rec)
+            if rec.spec.webhook is not None:
+                self.webhooks.notify(rec, self._event(rec))
 
-    def _record(self, rec: JobRecord, log: _EventLog | None = None) -> None:
-        """Append an event for ``rec``'s current state to its log, unless nothing a listener sees changed."""
-        log = log or self._logs.get(rec.id)
-        if log is None:
-            return
+    def _event(self, rec: JobRecord) -> dict:
+        """The progress event of ``rec``'s current state (without its log ``id``)."""
         view = self._view(rec)
         if rec.status.terminal:
             kind = "terminal"
@@ -115,15 +121,24 @@ class Router:
             kind = "step"
         else:
             kind = "phase"
-        event = {"status": rec.status.value, "phase": rec.phase if rec.status == JobStatus.running else None,
+        event = {"event": kind, "status": rec.status.value,
+                 "phase": rec.phase if rec.status == JobStatus.running else None,
                  "step": rec.step, "total_steps": rec.total_steps, "progress": job_progress(rec),
                  "eta_seconds": view.eta_seconds, "queue_position": view.queue_position}
         if rec.status.terminal:
             event["error"] = {"code": rec.error_code, "message": rec.error_message} if rec.error_code else None
             event["filename"] = rec.filename if rec.status == JobStatus.success else None
+        return event
+
+    def _record(self, rec: JobRecord, log: _EventLog | None = None) -> None:
+        """Append an event for ``rec``'s current state to its log, unless nothing a listener sees changed."""
+        log = log or self._logs.get(rec.id)
+        if log is None:
+            return
+        event = self._event(rec)
         if log.items and all(log.items[-1][k] == event[k] for k in ("status", "phase", "step", "queue_position")):
             return
-        log.items.append({"id": len(log.items) + 1, "event": kind, **event})
+        log.items.append({"id": len(log.items) + 1, **event})
         log.done = rec.status.terminal
         log.changed.set()
         log.changed = asyncio.Event()
@@ -419,6 +434,11 @@ class Router:
         if rec is None or rec.status != JobStatus.success or not path.is_file():
             raise FileNotFoundForJob(f"no video named {filename!r}; GET /videos lists them")
         return str(path)
+
+    async def webhook_deliveries(self, job_id: str) -> list[dict]:
+        """The job's webhook messages, oldest first, each with every delivery attempt. Raises JobNotFound."""
+        self._get(job_id)
+        return [m.model_dump() for m in self.store.webhook_messages(job_id)]
 
     async def queue_depth(self) -> dict:
         """Queued and running job counts per variant."""

@@ -25,6 +25,7 @@ from serve_app.protocol import (
     GenerateAccepted,
     JobStatusResponse,
     VideoInfo,
+    WebhookDeliveries,
 )
 from serve_app.previews import spritesheet_jpeg, thumbnail_jpeg
 from serve_app.request_body import generate_openapi, read_fields_and_files, read_generate_request
@@ -71,9 +72,9 @@ class Ingress:
     """Validates requests, forwards them to the router, and serves result files."""
 
     def __init__(self, router: DeploymentHandle, variants: dict[str, VariantConfig], default_variant: str,
-                 inputs_dir: str) -> None:
+                 inputs_dir: str, webhook_allow_networks: list[str] | None = None) -> None:
         self.router = router
-        self.jobs = JobService(variants, default_variant)
+        self.jobs = JobService(variants, default_variant, webhook_allow_networks)
         self.videos = VideosService(self.jobs)
         self.inputs_dir = Path(inputs_dir)
 
@@ -226,6 +227,13 @@ class Ingress:
                     return
         except WebSocketDisconnect:
             return
+
+    @api.get("/jobs/{job_id}/webhooks", response_model=WebhookDeliveries, responses=_ERRORS)
+    async def webhook_deliveries(self, job_id: str) -> WebhookDeliveries:
+        """The job's webhook and every message sent for it, each with its delivery attempts."""
+        view = await self.router.status.remote(job_id)
+        messages = await self.router.webhook_deliveries.remote(job_id)
+        return WebhookDeliveries(job_id=job_id, webhook=view.record.spec.webhook, messages=messages)
 
     @api.get("/jobs/lookup", response_model=JobStatusResponse, responses=_ERRORS)
     async def lookup(self, prompt: str = Query(min_length=1, description="Exact prompt text.")) -> JobStatusResponse:

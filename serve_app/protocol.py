@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from deployments.jobs import JobStatus
+from deployments.job_store import WebhookMessage
+from deployments.jobs import DEFAULT_WEBHOOK_EVENTS, JobStatus, WebhookEvent, WebhookSpec
+from deployments.webhook_guard import MAX_URL_LENGTH
+
+
+def _comma_list(value):
+    """Form fields carry lists as "a,b"; JSON carries them as arrays."""
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+WebhookEvents = Annotated[list[WebhookEvent], BeforeValidator(_comma_list)]
 
 ApiSize = Literal["1280x720", "720x1280", "832x480", "480x832"]
 
@@ -52,6 +62,13 @@ class GenerateRequest(BaseModel):
         "png_zip (RGBA PNG frames, the mask as alpha).")
     preserve_unmasked: bool = Field(
         default=True, description="vace: copy the source pixels outside the mask into the result unchanged.")
+    webhook_url: str | None = Field(
+        default=None, max_length=MAX_URL_LENGTH, description="http(s) URL that gets this job's events as signed "
+        "POSTs (Standard Webhooks). Must resolve to a public address unless the operator allowlists it.")
+    webhook_events: WebhookEvents | None = Field(
+        default=None, description="Event types to send: video.completed, video.failed, video.canceled, "
+        f"video.progress (at most one every 2 s by default). Default: {', '.join(DEFAULT_WEBHOOK_EVENTS)}. "
+        "A form field takes them comma-separated.")
 
 
 class GenerateAccepted(BaseModel):
@@ -88,12 +105,24 @@ class JobStatusResponse(BaseModel):
         default=None, description="The uploads this job was given: per field, size in pixels and format "
         "(and fps and frames used for a video).")
     error: dict | None = Field(description="{code, message} when status is error or canceled.")
+    webhook: WebhookSpec | None = Field(
+        default=None, description="Where this job's webhooks go and which events; GET /jobs/{id}/webhooks "
+        "lists every delivery attempt.")
     timings: dict | None = Field(
         default=None, description="On success: pipeline_seconds (prompt encoding, denoising, VAE decode) and "
         "encode_seconds (MP4), wall time in seconds on the replica.")
     created_at: float = Field(description="Unix seconds.")
     started_at: float | None
     finished_at: float | None
+
+
+class WebhookDeliveries(BaseModel):
+    """GET /jobs/{id}/webhooks: the job's webhook and every message sent for it."""
+
+    job_id: str
+    webhook: WebhookSpec | None = Field(description="The job's webhook_url and events; null when it has none.")
+    messages: list[WebhookMessage] = Field(
+        description="Oldest first; each with its delivery attempts (status code or error, and when the retry is due).")
 
 
 class VideoInfo(BaseModel):

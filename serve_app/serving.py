@@ -10,25 +10,50 @@ import uuid
 
 from deployments.errors import ValidationFailed, VariantNotDeployed
 from deployments.job_inputs import PreparedInputs
-from deployments.jobs import OUTPUT_EXTENSIONS, GenerationParams, JobSpec, JobStatus, job_progress
+from deployments.jobs import (
+    DEFAULT_WEBHOOK_EVENTS,
+    OUTPUT_EXTENSIONS,
+    GenerationParams,
+    JobSpec,
+    JobStatus,
+    WebhookSpec,
+    file_url,
+    job_progress,
+)
 from deployments.router import JobView
+from deployments.webhook_guard import Resolver, check_webhook_url, system_resolve
 from model_store.variants import Size, VariantConfig
 from serve_app.filenames import sanitize_filename
 from serve_app.media_inputs import Upload, prepare_media
 from serve_app.protocol import GenerateAccepted, GenerateRequest, JobStatusResponse, VideoInfo
 
 
-def file_url(filename: str) -> str:
-    """Path, relative to the service root, where a result file is downloaded."""
-    return f"/files/{filename}"
-
-
 class JobService:
     """Validates requests against the deployed variants and builds what the router needs."""
 
-    def __init__(self, variants: dict[str, VariantConfig], default_variant: str) -> None:
+    def __init__(self, variants: dict[str, VariantConfig], default_variant: str,
+                 webhook_allow_networks: list[str] | None = None, resolve: Resolver = system_resolve) -> None:
         self.variants = variants
         self.default_variant = default_variant
+        self.webhook_allow_networks = list(webhook_allow_networks or [])
+        self.resolve = resolve
+
+    def webhook_spec(self, url: str | None, events: list[str] | None) -> WebhookSpec | None:
+        """The checked webhook of a request, or None without ``url``. Resolves the host (blocking).
+
+        Raises:
+            WebhookRefused: the URL fails the SSRF guard (see deployments/webhook_guard.py).
+            ValidationFailed: events without a URL, or an empty event list.
+        """
+        if url is None:
+            if events:
+                raise ValidationFailed("webhook_events needs a webhook_url to send them to", field="webhook_events")
+            return None
+        if events is not None and not events:
+            raise ValidationFailed("webhook_events is empty; leave it out for the terminal events",
+                                   field="webhook_events")
+        check_webhook_url(url, self.webhook_allow_networks, self.resolve)
+        return WebhookSpec(url=url, events=list(dict.fromkeys(events)) if events else list(DEFAULT_WEBHOOK_EVENTS))
 
     def variant_for(self, name: str | None) -> VariantConfig:
         """The deployed variant ``name`` (default when None). Raises VariantNotDeployed."""
@@ -51,8 +76,10 @@ class JobService:
             VariantNotDeployed: unknown variant.
             ValidationFailed: size, frames, steps or output format outside what the variant allows;
                 a bad filename; a missing or unexpected upload (and its subclasses for bad media).
+            WebhookRefused: a webhook_url the SSRF guard refuses.
         """
         variant = self.variant_for(req.variant)
+        webhook = self.webhook_spec(req.webhook_url, req.webhook_events)
         d, limits = variant.defaults, variant.limits
         if req.output_format != "mp4" and variant.task != "vace":
             raise ValidationFailed(
@@ -97,6 +124,7 @@ class JobService:
             filename=sanitize_filename(req.filename, extension) if req.filename is not None else None,
             output_format=req.output_format,
             preserve_unmasked=req.preserve_unmasked,
+            webhook=webhook,
         )
         return spec, media.inputs
 
@@ -127,7 +155,7 @@ class JobService:
             phase=rec.phase if rec.status == JobStatus.running else None, step=rec.step, total_steps=rec.total_steps,
             queue_position=view.queue_position, eta_seconds=view.eta_seconds, gpu_id=rec.gpu_id,
             seed=rec.spec.params.seed, filename=rec.filename, file_url=file_url(rec.filename) if has_file else None,
-            error=error, created_at=rec.created_at, output_format=rec.spec.output_format,
+            error=error, webhook=rec.spec.webhook, created_at=rec.created_at, output_format=rec.spec.output_format,
             size=str(rec.spec.output_size), num_frames=rec.spec.params.num_frames,
             inputs=rec.spec.inputs.summary if rec.spec.inputs is not None else None,
             timings={k: rec.result[k] for k in ("pipeline_seconds", "encode_seconds")} if rec.result else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.settings import PROJECT_ROOT
@@ -18,4 +18,10 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Field(
         default=PROJECT_ROOT / "var",
         description="Holds jobs.db (the SQLite job store) and outputs/ (result videos) (env WAN_SERVE_DATA_DIR).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Standard Webhooks signing secret, 'whsec_' + base64 of 24 to 64 bytes (env "
+        "WAN_SERVE_WEBHOOK_SECRET). Unset: the service creates one in <data_dir>/webhook_secret (mode 0600) "
+        "on first start and keeps using it.",
     )

@@ -63,10 +63,11 @@ class VideosService:
             RequestValidationError, ValidationFailed, VariantNotDeployed: bad fields, as /generate.
         """
         fields = dict(fields)
-        extra = sorted(set(fields) - {"prompt", "model", "seconds", "size"})
+        extra = sorted(set(fields) - {"prompt", "model", "seconds", "size", "webhook_url", "webhook_events"})
         if extra:
             raise ValidationFailed(f"unknown field {extra[0]!r}; /v1/videos takes prompt, model, seconds, size, "
-                                   "input_reference", field=extra[0])
+                                   "input_reference, and (beyond OpenAI's fields) webhook_url and webhook_events",
+                                   field=extra[0])
         variant = self.jobs.variant_for(fields.pop("model", None) or None)
         seconds = fields.pop("seconds", None)
         body = {**fields, "variant": variant.name}
