@@ -1,4 +1,5 @@
-"""A job's decoded media inputs, kept on disk from submission until the job ends.
+"""A job's decoded media inputs, kept on disk from submission until the job ends (image inputs
+of a successful job: until the job is deleted, for remixes).
 
 The ingress decodes and fits uploads once (deployments/media_decode.py, frame_fit.py) and
 saves the resulting arrays in the job's own folder under ``<data_dir>/inputs/``; the job
@@ -94,6 +95,15 @@ class PreparedInputs:
             reference_images=[read(f"reference_{i}") for i in range(inputs.reference_images)],
             summary=inputs.summary,
         )
+
+
+def kept_for_remix(inputs: JobInputs | None) -> bool:
+    """Whether a successful job keeps its inputs until it is deleted, so it can be remixed.
+
+    Images are kept (a few MB as arrays at 720P); a source video is not (81 frames at 720P are
+    about 224 MB as arrays, plus the mask), so a finished vace job cannot be remixed.
+    """
+    return inputs is not None and not inputs.video and not inputs.mask
 
 
 def remove_inputs(inputs: JobInputs | None, inputs_root: Path) -> None:

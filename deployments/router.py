@@ -23,7 +23,7 @@ from deployments.errors import (
     VariantNotDeployed,
     unwrap,
 )
-from deployments.job_inputs import remove_inputs
+from deployments.job_inputs import kept_for_remix, remove_inputs
 from deployments.job_store import JobRecord, JobStore
 from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent, job_progress
 from deployments.webhooks import WebhookConfig, WebhookSender
@@ -254,7 +254,8 @@ class Router:
                                   error_message="the generator stream ended without a result", finished_at=time.time())
             self.running.pop(spec.id, None)
             rec = self.store.get(spec.id)
-            if rec is None or rec.status.terminal:
+            if rec is None or (rec.status.terminal and not (
+                    rec.status == JobStatus.success and kept_for_remix(spec.inputs))):
                 remove_inputs(spec.inputs, Path(self.config.inputs_dir))
             self._wake.set()
 

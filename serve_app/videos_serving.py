@@ -88,8 +88,9 @@ class VideosService:
             source = Path(original.inputs.folder)
             if not source.is_dir():
                 raise ValidationFailed(
-                    "this video's input_reference is no longer stored (inputs are kept until a job ends); "
-                    "create a new video with the image instead", field="video_id")
+                    "this video's inputs are no longer stored (a source video is dropped when its job ends, "
+                    "and a failed or canceled job keeps none); create a new video with them instead",
+                    field="video_id")
             target = inputs_dir / new_id
             shutil.copytree(source, target)
             inputs = JobInputs(**{**original.inputs.model_dump(), "folder": str(target.resolve())})

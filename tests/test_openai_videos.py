@@ -64,13 +64,18 @@ def test_create_and_poll_download_list_remix_delete(oa, client):
     assert err.value.body["code"] == "job_not_found"
 
 
-def test_image_to_video_with_input_reference(oa):
-    video = oa.videos.create_and_poll(prompt="the cat looks up", model="i2v-a14b-tiny", size="1280x720",
+def test_image_to_video_with_input_reference_then_remix_it(oa):
+    video = oa.videos.create_and_poll(prompt="the cat looks up", model="i2v-a14b-tiny", size="832x480",
                                       input_reference=("chelsea.png", CHELSEA.read_bytes(), "image/png"),
                                       poll_interval_ms=200)
     assert video.status == "completed", video
     frames, fps = _frames(oa.videos.download_content(video.id).read())
-    assert frames.shape == (5, 720, 1280, 3) and fps == 16.0
+    assert frames.shape == (5, 480, 832, 3) and fps == 16.0
+    # The finished video remixes with the same photo (its inputs stay while the job exists).
+    remix = oa.videos.poll(oa.videos.remix(video.id, prompt="the cat looks down").id, poll_interval_ms=200)
+    assert remix.status == "completed" and remix.remixed_from_video_id == video.id
+    remix_frames, _ = _frames(oa.videos.download_content(remix.id).read())
+    assert remix_frames.shape == frames.shape and not np.array_equal(remix_frames, frames)
 
 
 def test_errors_come_in_openais_shape(oa):
