@@ -84,6 +84,38 @@ class ModelUnavailable(ServiceError):
     code = "model_unavailable"
 
 
+class OutOfMemory(ServiceError):
+    """The device ran out of memory during the job (torch.OutOfMemoryError). The replica frees
+    what the job held and keeps serving; the message lists what would fit."""
+
+    code = "out_of_memory"
+
+
+class JobTimeout(ServiceError):
+    """A phase of the job (generate, encode) ran past its limit in the variant's ``timeouts``."""
+
+    code = "timeout"
+
+
+class DiskFull(ServiceError):
+    """The result file could not be written: no space left on the device."""
+
+    code = "disk_full"
+
+
+class ReplicaFailed(ServiceError):
+    """The generator replica running the job died or became unusable; the job is retried within
+    ``max_attempts``, then ends with this error (code ``model_unavailable``)."""
+
+    code = "model_unavailable"
+
+
+class IdempotencyConflict(ServiceError):
+    """An Idempotency-Key was reused with a different request (HTTP 409)."""
+
+    code = "idempotency_conflict"
+
+
 class JobCanceled(ServiceError):
     """Raised inside a generation when its job was canceled; stops work before the next step."""
 

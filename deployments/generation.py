@@ -80,16 +80,20 @@ class GenerationRunner:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         inputs: PreparedInputs | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Generate ``params.num_frames`` frames at ``params.width`` x ``params.height``.
 
         ``inputs`` holds the job's media, already fitted to ``params.width`` x ``params.height``
-        (and, for a video, to ``params.num_frames`` at the variant's fps).
+        (and, for a video, to ``params.num_frames`` at the variant's fps). ``on_step(step)``
+        runs after every denoising step (1, 2, ...); whatever it raises stops the job there
+        (the generator's deadlines and injected faults use it).
         Returns frames as (T, H, W, 3) uint8.
 
         Raises:
             JobCanceled: ``cancel`` was set; raised before the next step or the decode.
             ValidationFailed: the task needs inputs that are missing.
+            Exception: whatever ``on_step`` raises.
         """
         report = on_progress or (lambda *a: None)
         cancel = cancel or threading.Event()
@@ -118,6 +122,8 @@ class GenerationRunner:
             done = i + 1
             step_seconds = (time.perf_counter() - started) / done
             report(Phase.denoising, done, total, step_seconds)
+            if on_step is not None:
+                on_step(done)
             if cancel.is_set():
                 # Raising (not pipe._interrupt) is what stops the VAE decode too.
                 raise JobCanceled(f"job canceled after step {done} of {total}")

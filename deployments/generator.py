@@ -4,9 +4,14 @@ runs one job at a time, streaming progress back to the router."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import errno
+import gc
 import logging
+import os
 import threading
 import time
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 from typing import AsyncIterator
@@ -16,6 +21,8 @@ import torch
 from ray import serve
 
 from deployments.compositing import mask_to_alpha, paste_back
+from deployments.errors import DiskFull, JobCanceled, JobTimeout, OutOfMemory, ReplicaFailed
+from deployments.faults import FaultSwitch
 from deployments.generation import GenerationRunner
 from deployments.job_inputs import PreparedInputs
 from deployments.jobs import OUTPUT_EXTENSIONS, JobResult, JobSpec, Phase, ProgressEvent
@@ -26,6 +33,9 @@ from model_store.variants import VariantConfig
 logger = logging.getLogger("ray.serve")
 
 _DONE = object()
+
+#: Recent job results a replica remembers, to answer a repeated dispatch without running it again.
+FINISHED_KEPT = 256
 
 
 def default_filename(gpu_id: str, job_id: str, now: datetime | None = None, extension: str = ".mp4") -> str:
@@ -47,22 +57,43 @@ class Generator:
     Args:
         variant: the validated variant config.
         output_dir: folder the MP4 files are written to (shared with the ingress).
+        fault_file: JSON file of injected faults (deployments/faults.py); None disables them.
+
+    Raises (from the constructor, which Ray Serve reports as the deployment's status message):
+        TimeoutError: loading and warming up took longer than ``timeouts.load_s``.
+        Exception: whatever loading the weights raised (missing or corrupt files).
     """
 
-    def __init__(self, variant: VariantConfig, output_dir: str) -> None:
+    def __init__(self, variant: VariantConfig, output_dir: str, fault_file: str | None = None) -> None:
         if variant.deployment.torch_threads:
             torch.set_num_threads(variant.deployment.torch_threads)
         self.variant = variant
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.faults = FaultSwitch(fault_file, variant.name)
+        self._broken: str | None = None  # set when the pipeline can no longer be trusted (CUDA error)
         gpu_ids = ray.get_gpu_ids()
         self.gpu_id = str(gpu_ids[0]) if gpu_ids else "cpu"
         t0 = time.perf_counter()
-        self.runner = GenerationRunner(variant, load_pipeline(variant))
-        self.load_seconds = time.perf_counter() - t0
-        self.warmup_seconds = self.runner.warmup() if variant.warmup else None
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        try:
+            self.runner = pool.submit(lambda: GenerationRunner(variant, load_pipeline(variant))).result(
+                timeout=variant.timeouts.load_s)
+            self.load_seconds = time.perf_counter() - t0
+            self.warmup_seconds = None
+            if variant.warmup:
+                left = variant.timeouts.load_s - self.load_seconds
+                self.warmup_seconds = pool.submit(self.runner.warmup).result(timeout=max(left, 0.001))
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"loading {variant.name} took longer than timeouts.load_s={variant.timeouts.load_s:g} s; "
+                               "check the weights' disk or network, or raise the limit in its config") from None
+        finally:
+            pool.shutdown(wait=False)
         # One pipeline, one job: also held while a canceled job's thread finishes its step.
         self._busy = asyncio.Lock()
+        # Results of recent jobs: a job dispatched again (its router restarted while it ran here)
+        # gets the file already written instead of a second run.
+        self._finished: OrderedDict[str, JobResult] = OrderedDict()
         logger.info("generator %s ready on %s: load %.1fs, warm-up %s s", variant.name, self.gpu_id,
                     self.load_seconds, self.warmup_seconds)
 
@@ -71,17 +102,74 @@ class Generator:
         return {"variant": self.variant.name, "gpu_id": self.gpu_id, "load_seconds": self.load_seconds,
                 "warmup_seconds": self.warmup_seconds}
 
+    def process_info(self) -> dict:
+        """``{"pid": ...}`` of this replica's process (fault tests kill it with os.kill)."""
+        return {"pid": os.getpid(), "variant": self.variant.name}
+
+    def check_health(self) -> None:
+        """Ray Serve's health check (every ``health_check_period_s``): fails once a job hit an error
+        that leaves the pipeline unusable (a CUDA error), so Serve replaces this replica.
+
+        Raises:
+            RuntimeError: the replica is broken, with the reason.
+        """
+        if self._broken is not None:
+            raise RuntimeError(f"pipeline unusable after: {self._broken}")
+
     def _work(self, spec: JobSpec, emit, cancel: threading.Event) -> JobResult:
+        """Run the job: generate under ``timeouts.generate_s``, write under ``timeouts.encode_s``.
+
+        Raises:
+            JobCanceled, JobTimeout, OutOfMemory, DiskFull, ReplicaFailed: as their names say.
+            Exception: anything else the pipeline or the encoder raised.
+        """
+        try:
+            return self._run_job(spec, emit, cancel)
+        except torch.OutOfMemoryError:
+            # The job's tensors are garbage once its frames unwind; give the memory back now so
+            # the next job starts from a clean device.
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            p = spec.params
+            raise OutOfMemory(
+                f"{self.variant.name} ran out of device memory at {p.width}x{p.height}, {p.num_frames} frames. "
+                "Try fewer frames or a smaller size, or ask the operator for an offload or quantization mode "
+                "for this variant; this replica has freed the memory and keeps serving") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull("no space left on the device for the result file; the operator must free disk "
+                               "space (or lower RETENTION_DAYS); resubmit afterwards") from None
+            raise
+        except RuntimeError as exc:
+            if "CUDA error" in str(exc) or type(exc).__name__ == "AcceleratorError":
+                self._broken = str(exc)[:200]
+                logger.error("generator %s unusable after a CUDA error; failing health checks", self.variant.name)
+                raise ReplicaFailed(f"the {self.variant.name} replica hit a device error and is being replaced") from None
+            raise
+
+    def _run_job(self, spec: JobSpec, emit, cancel: threading.Event) -> JobResult:
         params = spec.params
+        limits = self.variant.timeouts
 
         def on_progress(phase: Phase, step: int, total: int, step_seconds: float | None) -> None:
             emit(ProgressEvent(phase=phase, step=step, total_steps=total, step_seconds=step_seconds,
                                gpu_id=self.gpu_id))
 
+        generate_deadline = time.monotonic() + limits.generate_s
+
+        def on_step(step: int) -> None:
+            self.faults.at_step(step)
+            if time.monotonic() > generate_deadline:
+                raise JobTimeout(f"generation ran past timeouts.generate_s={limits.generate_s:g} s at step {step} "
+                                 f"of {params.num_inference_steps}; use fewer steps, frames or a smaller size")
+
         inputs = PreparedInputs.load(spec.inputs) if spec.inputs is not None else None
         t0 = time.perf_counter()
-        frames = self.runner.run(params, on_progress=on_progress, cancel=cancel, inputs=inputs)
+        frames = self.runner.run(params, on_progress=on_progress, cancel=cancel, inputs=inputs, on_step=on_step)
         pipeline_seconds = time.perf_counter() - t0
+        if time.monotonic() > generate_deadline:  # the VAE decode cannot be interrupted; judged after it
+            raise JobTimeout(f"generation (with the VAE decode) ran past timeouts.generate_s={limits.generate_s:g} s")
         on_progress(Phase.encoding_video, params.num_inference_steps, params.num_inference_steps, None)
         alpha = None
         if inputs is not None and inputs.mask is not None:
@@ -93,15 +181,26 @@ class Generator:
         filename = spec.filename or default_filename(self.gpu_id, spec.id, extension=OUTPUT_EXTENSIONS[spec.output_format])
         path = self.output_dir / filename
         t1 = time.perf_counter()
-        if spec.output_format == "mp4":
-            size = write_mp4(frames, path, self.variant.fps, width=out.width, height=out.height,
-                             should_abort=cancel.is_set)
-        else:
-            if alpha is None or frames.shape[1:3] != alpha.shape[1:]:
-                raise ValueError(f"output_format {spec.output_format} needs a mask at the output size")
-            writer = write_webm_alpha if spec.output_format == "webm" else write_png_zip
-            extra = {"fps": self.variant.fps} if spec.output_format == "webm" else {}
-            size = writer(frames, alpha, path, should_abort=cancel.is_set, **extra)
+        encode_deadline = time.monotonic() + limits.encode_s
+
+        def should_abort() -> bool:
+            return cancel.is_set() or time.monotonic() > encode_deadline
+
+        self.faults.on_write()
+        try:
+            if spec.output_format == "mp4":
+                size = write_mp4(frames, path, self.variant.fps, width=out.width, height=out.height,
+                                 should_abort=should_abort)
+            else:
+                if alpha is None or frames.shape[1:3] != alpha.shape[1:]:
+                    raise ValueError(f"output_format {spec.output_format} needs a mask at the output size")
+                writer = write_webm_alpha if spec.output_format == "webm" else write_png_zip
+                extra = {"fps": self.variant.fps} if spec.output_format == "webm" else {}
+                size = writer(frames, alpha, path, should_abort=should_abort, **extra)
+        except JobCanceled:
+            if not cancel.is_set():
+                raise JobTimeout(f"writing the result ran past timeouts.encode_s={limits.encode_s:g} s") from None
+            raise
         return JobResult(filename=filename, size_bytes=size, width=out.width, height=out.height,
                          num_frames=len(frames), fps=self.variant.fps, pipeline_seconds=pipeline_seconds,
                          encode_seconds=time.perf_counter() - t1, gpu_id=self.gpu_id,
@@ -116,8 +215,14 @@ class Generator:
 
         Raises:
             JobCanceled: the job was canceled.
+            ReplicaFailed: the replica is broken (``details['started']`` False: nothing ran).
+            OutOfMemory, JobTimeout, DiskFull: see ``_work``.
             Exception: whatever the pipeline or the encoder raised.
         """
+        if self._broken is not None:
+            # Until Serve replaces this replica: hand the job back untouched (no attempt spent).
+            raise ReplicaFailed(f"the {self.variant.name} replica is being replaced after a device error",
+                                started=False)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -127,13 +232,21 @@ class Generator:
 
         def work():
             try:
-                emit(self._work(spec, emit, cancel))
+                result = self._work(spec, emit, cancel)
+                self._finished[spec.id] = result
+                while len(self._finished) > FINISHED_KEPT:
+                    self._finished.popitem(last=False)
+                emit(result)
             except BaseException as exc:  # handed to the event loop, re-raised there
                 emit(exc)
             finally:
                 emit(_DONE)
 
         async with self._busy:
+            earlier = self._finished.get(spec.id)
+            if earlier is not None and (self.output_dir / earlier.filename).is_file():
+                yield earlier
+                return
             future = loop.run_in_executor(None, work)
             try:
                 while True:

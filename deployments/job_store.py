@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     result         TEXT,                                -- JobResult as JSON
     created_at     REAL NOT NULL,
     started_at     REAL,
-    finished_at    REAL
+    finished_at    REAL,
+    idempotency_key TEXT,                               -- the POST's Idempotency-Key header, if any
+    request_hash    TEXT                                -- sha256 of the request it came with
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(prompt, seq);
@@ -100,6 +102,12 @@ class JobRecord(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+#: Columns added after the first release, with their types: added to an older jobs.db on open.
+_ADDED_COLUMNS = {"idempotency_key": "TEXT", "request_hash": "TEXT"}
 
 
 class WebhookAttempt(BaseModel):
@@ -142,6 +150,12 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(idempotency_key) "
+                         "WHERE idempotency_key IS NOT NULL")
 
     def close(self) -> None:
         self._db.close()
@@ -154,16 +168,32 @@ class JobStore:
         data["result"] = json.loads(data["result"]) if data["result"] else None
         return JobRecord.model_validate(data)
 
-    def insert(self, spec: JobSpec) -> JobRecord:
-        """Add a queued job. Returns its record (with its FIFO ``seq``)."""
+    def insert(self, spec: JobSpec, idempotency_key: str | None = None, request_hash: str | None = None) -> JobRecord:
+        """Add a queued job. Returns its record (with its FIFO ``seq``).
+
+        Raises:
+            sqlite3.IntegrityError: ``idempotency_key`` is already taken.
+        """
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, variant, prompt, spec, status, filename, total_steps, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, variant, prompt, spec, status, filename, total_steps, created_at, "
+                "idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (spec.id, spec.variant, spec.params.prompt, spec.model_dump_json(), JobStatus.queued.value,
-                 spec.filename, spec.params.num_inference_steps, time.time()),
+                 spec.filename, spec.params.num_inference_steps, time.time(), idempotency_key, request_hash),
             )
         return self.get(spec.id)
+
+    def by_idempotency_key(self, key: str) -> JobRecord | None:
+        with self._lock:
+            return self._row(self._db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone())
+
+    def ended_before(self, cutoff: float) -> list[JobRecord]:
+        """Terminal jobs that finished before ``cutoff`` (Unix seconds), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status IN (?, ?, ?) AND finished_at < ? ORDER BY seq",
+                (JobStatus.success.value, JobStatus.error.value, JobStatus.canceled.value, cutoff)).fetchall()
+        return [self._row(r) for r in rows]
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:

@@ -6,19 +6,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
 
+import ray.exceptions
 from pydantic import BaseModel, Field, SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.circuit_breaker import CircuitBreaker, CircuitConfig
 from deployments.errors import (
     FileNotFoundForJob,
     FilenameTaken,
+    IdempotencyConflict,
     JobNotFound,
+    ModelUnavailable,
     QueueFull,
+    ReplicaFailed,
     ServiceError,
     VariantNotDeployed,
     unwrap,
@@ -42,6 +48,24 @@ class RouterConfig(BaseModel):
     retry_after_s: int = Field(default=30, ge=1, description="Retry-After when no job duration has been measured yet, seconds.")
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Webhook delivery settings.")
     webhook_secret: SecretStr = Field(description="Standard Webhooks signing secret, 'whsec_' + base64.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Times a job may be dispatched: a job whose replica died, or that was running "
+        "when the router restarted, goes back to the queue until it has run this many times.")
+    circuit_breaker: CircuitConfig = Field(default_factory=CircuitConfig, description="Per-variant circuit breaker.")
+    retention_days: float | None = Field(
+        default=None, gt=0, description="Ended jobs older than this many days are purged with their files; None keeps them.")
+    max_output_bytes: int | None = Field(
+        default=None, gt=0, description="Result files beyond this many bytes in all are deleted, oldest first; None: no cap.")
+    purge_interval_s: float = Field(default=600.0, gt=0, description="Seconds between two retention purges.")
+
+#: Longest a queued job waits for the dispatcher to look again, seconds.
+DISPATCH_POLL_S = 0.5
+
+#: Seconds a variant's dispatch pauses after a broken replica handed a job back untouched.
+REFUSED_PAUSE_S = 1.0
+
+#: Error codes that say the variant, not the request, failed: they count toward the circuit breaker.
+VARIANT_FAILURE_CODES = frozenset({"internal", "model_unavailable", "disk_full"})
 
 
 class JobView(BaseModel):
@@ -50,6 +74,7 @@ class JobView(BaseModel):
     record: JobRecord
     queue_position: int | None = Field(default=None, description="1 = next of its variant to start; None unless queued.")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds until the file is written.")
+    replayed: bool = Field(default=False, description="True when an Idempotency-Key matched an existing job.")
 
 
 class _EventLog:
@@ -84,19 +109,31 @@ class Router:
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.running: dict[str, _Running] = {}
-        # A job that was running when a router died goes back to the queue, in FIFO order.
-        for rec in self.store.by_status([JobStatus.running]):
-            self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
-        queued = self.store.by_status([JobStatus.queued])
-        self.queue: list[str] = [r.id for r in queued]
-        self._variant_of = {r.id: r.variant for r in queued}  # for queued jobs only
+        self.queue: list[str] = []
+        self._variant_of: dict[str, str] = {}  # for queued jobs only
         self._logs: OrderedDict[str, _EventLog] = OrderedDict()
+        self.breakers = {v: CircuitBreaker(config.circuit_breaker) for v in generators}
+        self._paused_until: dict[str, float] = {}  # variant -> monotonic time its dispatch resumes
         self.webhooks = WebhookSender(config.webhooks, config.webhook_secret.get_secret_value(), self.store)
+        # A job that was running when a router died goes back to the queue, in FIFO order,
+        # unless it has had all its attempts.
+        for rec in self.store.by_status([JobStatus.running]):
+            if rec.attempts >= config.max_attempts:
+                self._update(rec.id, status=JobStatus.error, error_code="internal", finished_at=time.time(),
+                             error_message=f"the job was running when the service stopped, {rec.attempts} times "
+                             f"(max_attempts={config.max_attempts}); it was not retried again")
+                remove_inputs(rec.spec.inputs, Path(config.inputs_dir))
+            else:
+                self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
+        queued = self.store.by_status([JobStatus.queued])
+        self.queue = [r.id for r in queued]
+        self._variant_of = {r.id: r.variant for r in queued}
         resumed = self.webhooks.resume()
         if resumed:
             logger.info("resending %d webhook messages a previous router had not delivered", resumed)
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
+        self._purger = asyncio.create_task(self._purge_loop())
         self._wake.set()
 
     # ---- progress events ----------------------------------------------------------------
@@ -194,17 +231,27 @@ class Router:
 
     async def _dispatch_loop(self) -> None:
         while True:
-            await self._wake.wait()
+            # Woken by every change; with jobs waiting, also every DISPATCH_POLL_S, so a pause or a
+            # cooldown that ends is noticed even if its timer fired a hair early.
+            try:
+                await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S if self.queue else None)
+            except TimeoutError:
+                pass
             self._wake.clear()
             for job_id in list(self.queue):
                 variant = self._variant_of[job_id]
                 if len(self._running_of(variant)) >= self.config.slots.get(variant, 0):
+                    continue
+                if time.monotonic() < self._paused_until.get(variant, 0.0):
+                    continue
+                if not self.breakers[variant].may_dispatch():
                     continue
                 self.queue.remove(job_id)
                 self._variant_of.pop(job_id, None)
                 rec = self.store.get(job_id)
                 if rec is None or rec.status != JobStatus.queued:
                     continue
+                self.breakers[variant].started()
                 run = _Running(rec.spec)
                 self.running[job_id] = run
                 run.task = asyncio.create_task(self._run(run))
@@ -214,9 +261,11 @@ class Router:
 
     async def _run(self, run: _Running) -> None:
         spec = run.spec
+        breaker = self.breakers[spec.variant]
         started = time.time()
+        attempts = self.store.get(spec.id).attempts + 1
         self._update(spec.id, status=JobStatus.running, phase=Phase.loading.value, started_at=started,
-                          attempts=self.store.get(spec.id).attempts + 1)
+                     attempts=attempts)
         try:
             run.stream = self.generators[spec.variant].options(stream=True).generate.remote(spec)
             async for item in run.stream:
@@ -231,33 +280,72 @@ class Router:
                 elif isinstance(item, JobResult):
                     finished = time.time()
                     self._update(spec.id, status=JobStatus.success, phase=None, filename=item.filename,
-                                      result=item.model_dump(), finished_at=finished, gpu_id=item.gpu_id)
+                                 result=item.model_dump(), finished_at=finished, gpu_id=item.gpu_id)
                     self.store.record_job_seconds(spec.variant, finished - started)
+                    breaker.succeeded()
         except asyncio.CancelledError:
             if not run.canceled:
                 raise
-        except Exception as exc:  # every job ends in a terminal state
+        except Exception as exc:  # every job ends in a terminal state, or goes back to the queue
             if not run.canceled:
-                logger.exception("job %s failed", spec.id)
-                inner = unwrap(exc)
-                if isinstance(inner, ServiceError):
-                    code, message = inner.code, inner.message
-                else:
-                    code = "internal"
-                    message = f"generation failed ({type(inner).__name__}); the server log has details"
-                self._update(spec.id, status=JobStatus.error, error_code=code, error_message=message,
-                                  finished_at=time.time())
+                self._failed(spec, exc, attempts)
         finally:
             rec = self.store.get(spec.id)
             if rec is not None and rec.status == JobStatus.running and not run.canceled:
                 self._update(spec.id, status=JobStatus.error, error_code="internal",
-                                  error_message="the generator stream ended without a result", finished_at=time.time())
+                             error_message="the generator stream ended without a result", finished_at=time.time())
+                breaker.failed("the generator stream ended without a result")
+            if run.canceled:
+                breaker.neutral()
             self.running.pop(spec.id, None)
             rec = self.store.get(spec.id)
             if rec is None or (rec.status.terminal and not (
                     rec.status == JobStatus.success and kept_for_remix(spec.inputs))):
                 remove_inputs(spec.inputs, Path(self.config.inputs_dir))
+            if breaker.refusing():  # look again when the cooldown ends: the probe goes then
+                asyncio.get_running_loop().call_later(breaker.retry_after_s(), self._wake.set)
             self._wake.set()
+
+    def _failed(self, spec: JobSpec, exc: BaseException, attempts: int) -> None:
+        """End (or requeue) a job whose generator call raised ``exc``, and tell the breaker."""
+        breaker = self.breakers[spec.variant]
+        inner = unwrap(exc)
+        if isinstance(inner, ReplicaFailed) and inner.details.get("started") is False:
+            # A broken replica refused it before any work: no attempt spent; the variant pauses
+            # briefly so the job does not bounce off that replica until Serve replaces it.
+            breaker.neutral()
+            self.store.update(spec.id, attempts=attempts - 1)
+            self.queue.insert(0, spec.id)
+            self._variant_of[spec.id] = spec.variant
+            self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
+            self._paused_until[spec.variant] = time.monotonic() + REFUSED_PAUSE_S
+            asyncio.get_running_loop().call_later(REFUSED_PAUSE_S, self._wake.set)
+            return
+        if isinstance(inner, ReplicaFailed) or _replica_died(exc):
+            reason = inner.message if isinstance(inner, ReplicaFailed) else "the generator replica died"
+            breaker.failed(reason)
+            logger.warning("job %s: %s (attempt %d of %d)", spec.id, reason, attempts, self.config.max_attempts)
+            if attempts < self.config.max_attempts:
+                # Back to the front of the queue: it was the oldest of its variant when it started.
+                self.queue.insert(0, spec.id)
+                self._variant_of[spec.id] = spec.variant
+                self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
+                return
+            self._update(spec.id, status=JobStatus.error, error_code=ReplicaFailed.code, finished_at=time.time(),
+                         error_message=f"{reason}, on each of {attempts} attempts (max_attempts="
+                         f"{self.config.max_attempts}); the operator should check the {spec.variant} replicas")
+            return
+        if isinstance(inner, ServiceError):
+            code, message = inner.code, inner.message
+        else:
+            logger.error("job %s failed", spec.id, exc_info=exc)
+            code = "internal"
+            message = f"generation failed ({type(inner).__name__}); the server log has details"
+        if code in VARIANT_FAILURE_CODES:
+            breaker.failed(message)
+        else:
+            breaker.neutral()
+        self._update(spec.id, status=JobStatus.error, error_code=code, error_message=message, finished_at=time.time())
 
     # ---- ETA ------------------------------------------------------------------------------
 
@@ -291,16 +379,45 @@ class Router:
 
     # ---- calls from the ingress -----------------------------------------------------------
 
-    async def submit(self, spec: JobSpec) -> JobView:
-        """Store ``spec`` as a queued job and wake the dispatcher.
+    async def find_idempotent(self, key: str, request_hash: str) -> JobView | None:
+        """The job submitted earlier with Idempotency-Key ``key``, or None.
+
+        Raises:
+            IdempotencyConflict: ``key`` came with a different request.
+        """
+        rec = self.store.by_idempotency_key(key)
+        if rec is None:
+            return None
+        if rec.request_hash != request_hash:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {key!r} was used for a different request (job {rec.id}); use a new key "
+                "for a new request", field="Idempotency-Key")
+        return self._view(rec).model_copy(update={"replayed": True})
+
+    async def submit(self, spec: JobSpec, idempotency_key: str | None = None,
+                     request_hash: str | None = None) -> JobView:
+        """Store ``spec`` as a queued job and wake the dispatcher. With ``idempotency_key``, a
+        key seen before returns that job instead (``replayed``), and stores nothing.
 
         Raises:
             VariantNotDeployed: no generator serves ``spec.variant``.
+            ModelUnavailable: the variant's circuit breaker is open (``retry_after_s`` says when to retry).
             QueueFull: ``max_queued_jobs`` jobs are already waiting.
             FilenameTaken: another live job or file already uses ``spec.filename``.
+            IdempotencyConflict: ``idempotency_key`` came with a different request before.
         """
         if spec.variant not in self.generators:
             raise VariantNotDeployed(f"variant {spec.variant!r} is not deployed", deployed=sorted(self.generators))
+        if idempotency_key is not None:
+            earlier = await self.find_idempotent(idempotency_key, request_hash or "")
+            if earlier is not None:
+                return earlier
+        breaker = self.breakers[spec.variant]
+        if breaker.refusing():
+            retry = breaker.retry_after_s()
+            raise ModelUnavailable(
+                f"{spec.variant} failed {breaker.failures} jobs in a row (last: {breaker.last_error}); new jobs are "
+                f"refused for {retry} s while the queued ones wait, then one job probes it", retry_after_s=retry)
         if len(self.queue) >= self.config.max_queued_jobs:
             avg = self.store.avg_job_seconds(spec.variant)
             retry = math.ceil(avg) if avg else self.config.retry_after_s
@@ -311,7 +428,7 @@ class Router:
             )
         if spec.filename and (self.store.filename_owner(spec.filename) or (self.output_dir / spec.filename).exists()):
             raise FilenameTaken(f"filename {spec.filename!r} is already used by another job; choose another name")
-        rec = self.store.insert(spec)
+        rec = self.store.insert(spec, idempotency_key, request_hash or None)
         self.queue.append(spec.id)
         self._variant_of[spec.id] = spec.variant
         self._open_log(rec)
@@ -436,11 +553,64 @@ class Router:
             raise FileNotFoundForJob(f"no video named {filename!r}; GET /videos lists them")
         return str(path)
 
+    # ---- retention ----------------------------------------------------------------------------
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except Exception:  # a failed purge must not stop the next one
+                logger.exception("retention purge failed")
+            await asyncio.sleep(self.config.purge_interval_s)
+
+    async def purge(self) -> dict:
+        """Apply retention now: remove jobs that ended more than ``retention_days`` ago (rows, files,
+        inputs, webhook records), then delete the oldest result files while they add up to more
+        than ``max_output_bytes``. Returns ``{"jobs_deleted": [ids], "files_deleted": [names]}``."""
+        jobs_deleted, files_deleted = [], []
+        if self.config.retention_days is not None:
+            old = self.store.ended_before(time.time() - self.config.retention_days * 86400)
+            for rec in old:
+                if rec.status == JobStatus.success and not rec.file_deleted and self._remove_file(rec.filename):
+                    files_deleted.append(rec.filename)
+                remove_inputs(rec.spec.inputs, Path(self.config.inputs_dir))
+                self._logs.pop(rec.id, None)
+            self.store.delete([r.id for r in old])
+            jobs_deleted = [r.id for r in old]
+        if self.config.max_output_bytes is not None:
+            files = [(r, self.output_dir / r.filename) for r in self.store.videos()]
+            sizes = {r.id: p.stat().st_size for r, p in files if p.is_file()}
+            total = sum(sizes.values())
+            for rec, _ in files:  # oldest first
+                if total <= self.config.max_output_bytes:
+                    break
+                if rec.id in sizes and self._remove_file(rec.filename):
+                    total -= sizes[rec.id]
+                    files_deleted.append(rec.filename)
+                self.store.update(rec.id, file_deleted=1)
+        if jobs_deleted or files_deleted:
+            logger.info("retention: %d jobs and %d files removed", len(jobs_deleted), len(files_deleted))
+        return {"jobs_deleted": jobs_deleted, "files_deleted": files_deleted}
+
     async def webhook_deliveries(self, job_id: str) -> list[dict]:
         """The job's webhook messages, oldest first, each with every delivery attempt. Raises JobNotFound."""
         self._get(job_id)
         return [m.model_dump() for m in self.store.webhook_messages(job_id)]
 
+    async def process_info(self) -> dict:
+        """``{"pid": ...}`` of the router's process (fault tests kill it with os.kill)."""
+        return {"pid": os.getpid()}
+
     async def queue_depth(self) -> dict:
         """Queued and running job counts per variant."""
         return {v: {"queued": len(self._queued_of(v)), "running": len(self._running_of(v))} for v in self.generators}
+
+
+def _replica_died(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps) says the generator replica's process went away."""
+    seen = 0
+    while exc is not None and seen < 6:
+        if isinstance(exc, ray.exceptions.RayActorError):
+            return True
+        exc, seen = getattr(exc, "cause", None) or exc.__cause__, seen + 1
+    return False

@@ -79,6 +79,18 @@ class DeploymentOptions(BaseModel):
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads in the replica; None keeps torch's default.")
 
 
+class Timeouts(BaseModel):
+    """Limits per phase of a generator's work, seconds. Choices sized for A14B at 720P on one
+    80 GB GPU (tens of minutes per job; Wan2.2 README), with room; lower them for smaller GPUs
+    or shorter jobs. A job over ``generate_s`` or ``encode_s`` ends ``error`` with code ``timeout``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    load_s: float = Field(default=3600.0, gt=0, description="Loading the pipeline (and warm-up) in a replica's constructor.")
+    generate_s: float = Field(default=7200.0, gt=0, description="Prompt encoding, denoising and VAE decode of one job.")
+    encode_s: float = Field(default=600.0, gt=0, description="Writing one result file (MP4, WebM or zip).")
+
+
 class GenerationDefaults(BaseModel):
     """Per-request defaults, used where the request leaves a field out."""
 
@@ -155,6 +167,13 @@ class VariantConfig(BaseModel):
     max_sequence_length: int = Field(default=512, ge=1, description="Text tokens per prompt (Wan uses 512).")
     warmup: bool = Field(default=True, description="Run one short generation at replica start so the first job is not slow.")
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Per-phase time limits of a job, seconds.")
+
+    @property
+    def longest_job_s(self) -> float:
+        """The longest a job may run in a replica (generate + encode limits), seconds: what a
+        replica being stopped waits for (graceful_shutdown_timeout_s)."""
+        return self.timeouts.generate_s + self.timeouts.encode_s
 
     @model_validator(mode="after")
     def _check(self) -> "VariantConfig":
@@ -203,18 +222,25 @@ class VariantConfig(BaseModel):
         return self.weights.repo_id
 
 
-def load_variant(name: str, settings: StoreSettings | None = None) -> VariantConfig:
-    """Load and validate ``configs/<name>.yaml``.
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_variant(name: str, settings: StoreSettings | None = None, overrides: dict | None = None) -> VariantConfig:
+    """Load and validate ``configs/<name>.yaml``, with ``overrides`` (nested keys) merged in first.
 
     Raises:
         VariantNotFound: no such file.
-        pydantic.ValidationError: the file does not match VariantConfig.
+        pydantic.ValidationError: the file (with the overrides) does not match VariantConfig.
     """
     settings = settings or StoreSettings()
     path = settings.configs_dir / f"{name}.yaml"
     if not path.is_file():
         raise VariantNotFound(f"no variant config {name!r}; known: {', '.join(list_variants(settings))}")
-    data = yaml.safe_load(path.read_text())
+    data = _merge(yaml.safe_load(path.read_text()), overrides or {})
     config = VariantConfig.model_validate(data)
     if config.name != name:
         raise ValueError(f"{path.name} declares name {config.name!r}; the file name and the name must agree")

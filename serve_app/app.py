@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
+from deployments.circuit_breaker import CircuitConfig
 from deployments.generator import Generator
 from deployments.router import Router, RouterConfig
 from deployments.webhooks import WebhookConfig, check_secret, load_or_create_secret
@@ -31,6 +32,20 @@ class AppArgs(BaseModel):
     max_queued_jobs: int = Field(default=64, ge=0, description="Waiting jobs allowed before POST answers 429 (backpressure).")
     data_dir: Path | None = Field(default=None, description="State folder (jobs.db, outputs/, inputs/); default WAN_SERVE_DATA_DIR or ./var.")
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Webhook delivery: allowlist, timeouts, retries.")
+    max_attempts: int = Field(default=3, ge=1, description="Times a job may be dispatched before a replica failure "
+                              "or a router restart ends it with an error.")
+    circuit_breaker: CircuitConfig = Field(default_factory=CircuitConfig, description="Per-variant circuit breaker.")
+    retention_days: float | None = Field(default=None, gt=0, description="Purge ended jobs and their files after this "
+                                         "many days; default WAN_SERVE_RETENTION_DAYS / RETENTION_DAYS, else keep.")
+    max_output_gib: float | None = Field(default=None, gt=0, description="Cap on result files, GiB, oldest deleted "
+                                         "first; default WAN_SERVE_MAX_OUTPUT_GIB, else none.")
+    purge_interval_s: float = Field(default=600.0, gt=0, description="Seconds between two retention purges.")
+    overrides: dict[str, dict] = Field(
+        default={}, description="Per variant, keys merged into configs/<variant>.yaml before validation, e.g. "
+        "{ti2v-5b: {timeouts: {generate_s: 600}}}.")
+    fault_file: Path | None = Field(
+        default=None, description="Fault injection for tests and chaos drills (deployments/faults.py): the JSON "
+        "file each generator reads at every step. Leave unset in production.")
 
     @model_validator(mode="after")
     def _default_in_variants(self) -> "AppArgs":
@@ -58,15 +73,23 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         secret = load_or_create_secret(data_dir / "webhook_secret")
     output_dir = data_dir / "outputs"
     inputs_dir = data_dir / "inputs"
-    configs = {name: load_variant(name) for name in args.variants}
+    unknown = sorted(set(args.overrides) - set(args.variants))
+    if unknown:
+        raise ValueError(f"overrides name variants that are not deployed: {unknown}")
+    configs = {name: load_variant(name, overrides=args.overrides.get(name)) for name in args.variants}
+    fault_file = str(args.fault_file) if args.fault_file else None
     generators = {
         name: Generator.options(
             name=generator_deployment_name(name),
             num_replicas=cfg.deployment.num_replicas,
             ray_actor_options={"num_gpus": cfg.deployment.num_gpus, "num_cpus": cfg.deployment.num_cpus},
-        ).bind(cfg, str(output_dir))
+            # A replica being stopped (scale-down, redeploy) finishes its job first.
+            graceful_shutdown_timeout_s=cfg.longest_job_s,
+        ).bind(cfg, str(output_dir), fault_file)
         for name, cfg in configs.items()
     }
+    retention_days = args.retention_days or settings.retention_days
+    max_gib = args.max_output_gib or settings.max_output_gib
     router = Router.bind(
         RouterConfig(
             db_path=str(data_dir / "jobs.db"),
@@ -76,8 +99,13 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             slots={name: cfg.deployment.num_replicas for name, cfg in configs.items()},
             webhooks=args.webhooks,
             webhook_secret=secret,
+            max_attempts=args.max_attempts,
+            circuit_breaker=args.circuit_breaker,
+            retention_days=retention_days,
+            max_output_bytes=int(max_gib * 2**30) if max_gib else None,
+            purge_interval_s=args.purge_interval_s,
         ),
         generators,
     )
     return Ingress.bind(router, configs, args.default_variant or args.variants[0], str(inputs_dir),
-                        args.webhooks.allow_networks)
+                        args.webhooks.allow_networks, retention_days)

@@ -26,6 +26,7 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
     e.JobNotFound: 404,
     e.FileNotFoundForJob: 404,
     e.FilenameTaken: 409,
+    e.IdempotencyConflict: 409,
     e.ModelUnavailable: 503,
 }
 

@@ -2,6 +2,7 @@
 
 
 import asyncio
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -57,6 +58,27 @@ errors.install(api)
 _ERRORS = {code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422, 429, 503)}
 
 
+#: Longest Idempotency-Key taken, characters (Stripe's limit, which clients are written for).
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency(request: Request, req, uploads) -> tuple[str, str] | None:
+    """(key, sha256 of the request's fields and files) when the request has an Idempotency-Key.
+
+    Raises:
+        ValidationFailed: an empty key, or one longer than 255 characters.
+    """
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValidationFailed(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", field="Idempotency-Key")
+    digest = hashlib.sha256(request.url.path.encode() + b"\0" + req.model_dump_json().encode())
+    for upload in uploads or []:
+        digest.update(b"\0" + upload.field.encode() + b"\0" + hashlib.sha256(upload.data).digest())
+    return key, digest.hexdigest()
+
+
 def _split(csv: str | None) -> list[str]:
     return [part for part in (csv or "").split(",") if part]
 
@@ -72,37 +94,54 @@ class Ingress:
     """Validates requests, forwards them to the router, and serves result files."""
 
     def __init__(self, router: DeploymentHandle, variants: dict[str, VariantConfig], default_variant: str,
-                 inputs_dir: str, webhook_allow_networks: list[str] | None = None) -> None:
+                 inputs_dir: str, webhook_allow_networks: list[str] | None = None,
+                 retention_days: float | None = None) -> None:
         self.router = router
         self.jobs = JobService(variants, default_variant, webhook_allow_networks)
-        self.videos = VideosService(self.jobs)
+        self.videos = VideosService(self.jobs, retention_days)
         self.inputs_dir = Path(inputs_dir)
 
     @api.post("/generate", status_code=202, response_model=GenerateAccepted, responses=_ERRORS,
               openapi_extra=generate_openapi())
-    async def generate(self, request: Request) -> GenerateAccepted:
+    async def generate(self, request: Request, response: Response) -> GenerateAccepted:
         """Queue a video generation job: JSON for text-only jobs, multipart/form-data with files
         (image, last_image, video, mask, reference_images) for the others.
 
         Uploads are decoded and checked before anything is queued; the job (and its decoded
-        inputs) are stored before this answers 202.
+        inputs) are stored before this answers 202. With an ``Idempotency-Key`` header, the
+        same key and request return the same job (header ``Idempotent-Replayed: true``).
         """
         req, uploads = await read_generate_request(request)
-        return self.jobs.accepted(await self._submit(req, uploads))
+        # Shielded: once the request is read, a client that goes away does not stop it being stored.
+        view = await asyncio.shield(self._submit(req, uploads, idempotent=idempotency(request, req, uploads)))
+        if view.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return self.jobs.accepted(view)
 
-    async def _submit(self, req, uploads, spec=None) -> JobView:
-        """Build (unless given), store the inputs of, and submit one job; returns the router's view."""
+    async def _submit(self, req, uploads, spec=None, idempotent: tuple[str, str] | None = None) -> JobView:
+        """Build (unless given), store the inputs of, and submit one job; returns the router's view.
+
+        ``idempotent`` is (key, request hash): a key seen before returns its job, built once.
+        """
+        key, request_hash = idempotent or (None, None)
+        if key is not None:
+            earlier = await self.router.find_idempotent.remote(key, request_hash)
+            if earlier is not None:
+                return earlier
         if spec is None:
             spec, prepared = await asyncio.to_thread(self.jobs.build_spec, req, uploads)
             if prepared is not None:
                 spec.inputs = await asyncio.to_thread(prepared.save, self.inputs_dir / spec.id)
         try:
-            return await self.router.submit.remote(spec)
+            view = await self.router.submit.remote(spec, key, request_hash)
         except BaseException:
             # Refused (queue full, filename taken): the job does not exist, so neither do its inputs.
             if spec.inputs is not None:
                 await asyncio.to_thread(shutil.rmtree, spec.inputs.folder, True)
             raise
+        if view.record.id != spec.id and spec.inputs is not None:  # a concurrent twin with the same key won
+            await asyncio.to_thread(shutil.rmtree, spec.inputs.folder, True)
+        return view
 
     # ---- OpenAI-compatible Videos API --------------------------------------------------
 
@@ -112,7 +151,8 @@ class Ingress:
         ``input_reference`` image (multipart) for image-to-video."""
         fields, uploads = await read_fields_and_files(request, VIDEO_FILE_FIELDS)
         req, images = self.videos.generate_request(fields, uploads)
-        return self.videos.video(await self._submit(req, images))
+        return self.videos.video(await asyncio.shield(
+            self._submit(req, images, idempotent=idempotency(request, req, images))))
 
     @api.get("/v1/videos", response_model=VideoList, responses=_ERRORS, tags=["openai"])
     async def list_videos(

@@ -95,6 +95,8 @@ class JobStatusResponse(BaseModel):
     queue_position: int | None = Field(description="1 = next of its variant to start; null unless queued.")
     eta_seconds: float | None = Field(description="Estimated seconds until done; null when unknown or finished.")
     gpu_id: str | None = Field(description="GPU index of the replica that ran it, or 'cpu'.")
+    attempts: int = Field(default=0, description="Times the job was dispatched to a generator (more than 1 after "
+                          "a replica failure or a router restart).")
     seed: int = Field(description="Seed used; resubmit with it to reproduce the video.")
     filename: str | None
     file_url: str | None = Field(description="Where to download the result once status is success.")

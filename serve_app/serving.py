@@ -153,7 +153,7 @@ class JobService:
         return JobStatusResponse(
             id=rec.id, status=rec.status, variant=rec.variant, prompt=rec.prompt, progress=progress,
             phase=rec.phase if rec.status == JobStatus.running else None, step=rec.step, total_steps=rec.total_steps,
-            queue_position=view.queue_position, eta_seconds=view.eta_seconds, gpu_id=rec.gpu_id,
+            queue_position=view.queue_position, eta_seconds=view.eta_seconds, gpu_id=rec.gpu_id, attempts=rec.attempts,
             seed=rec.spec.params.seed, filename=rec.filename, file_url=file_url(rec.filename) if has_file else None,
             error=error, webhook=rec.spec.webhook, created_at=rec.created_at, output_format=rec.spec.output_format,
             size=str(rec.spec.output_size), num_frames=rec.spec.params.num_frames,

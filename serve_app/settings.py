@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.settings import PROJECT_ROOT
@@ -24,4 +24,13 @@ class ServiceSettings(BaseSettings):
         description="Standard Webhooks signing secret, 'whsec_' + base64 of 24 to 64 bytes (env "
         "WAN_SERVE_WEBHOOK_SECRET). Unset: the service creates one in <data_dir>/webhook_secret (mode 0600) "
         "on first start and keeps using it.",
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0, validation_alias=AliasChoices("WAN_SERVE_RETENTION_DAYS", "RETENTION_DAYS"),
+        description="Ended jobs are purged with their files this many days after they end (env "
+        "WAN_SERVE_RETENTION_DAYS or RETENTION_DAYS). Unset: kept until deleted.",
+    )
+    max_output_gib: float | None = Field(
+        default=None, gt=0, description="Result files beyond this many GiB in all are deleted, oldest first "
+        "(env WAN_SERVE_MAX_OUTPUT_GIB). Unset: no cap.",
     )

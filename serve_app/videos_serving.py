@@ -53,8 +53,9 @@ def frames_for_seconds(variant: VariantConfig, seconds: str) -> int:
 class VideosService:
     """Maps /v1/videos requests onto ``JobService`` and job views onto ``Video`` objects."""
 
-    def __init__(self, jobs: JobService) -> None:
+    def __init__(self, jobs: JobService, retention_days: float | None = None) -> None:
         self.jobs = jobs
+        self.retention_days = retention_days  # sets expires_at; None: kept until deleted
 
     def generate_request(self, fields: dict, uploads: list[Upload]) -> tuple[GenerateRequest, list[Upload]]:
         """OpenAI's create fields (prompt, model, seconds, size, input_reference) as a /generate request.
@@ -108,6 +109,8 @@ class VideosService:
         return Video(
             id=rec.id, model=rec.variant, status=VIDEO_STATUS[rec.status], progress=round(100 * job_progress(rec)),
             created_at=int(rec.created_at), completed_at=int(rec.finished_at) if rec.finished_at else None,
+            expires_at=int(rec.finished_at + self.retention_days * 86400)
+            if rec.finished_at and self.retention_days else None,
             size=str(spec.output_size), seconds=f"{spec.params.num_frames / fps:g}", prompt=rec.prompt, error=error,
             remixed_from_video_id=spec.remixed_from, queue_position=view.queue_position, eta_seconds=view.eta_seconds,
         )

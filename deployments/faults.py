@@ -1,0 +1,110 @@
+"""Fault injection for tests and chaos drills: a switch the app config turns on, a file turns live.
+
+With ``fault_file`` set in the app's args (serve_config.yaml), each generator replica reads
+that JSON file at every denoising step of every job. A fault in it fires where a real failure
+would happen, with the real exception type, so the service's handling is what a real failure
+meets: nothing here mocks Ray or the pipeline. Without ``fault_file`` (the default) nothing is
+read and nothing can fire.
+
+The file holds a list of faults, e.g.::
+
+    [{"variant": "ti2v-5b-tiny", "kind": "oom", "at_step": 1, "times": 2}]
+
+Each firing decrements ``times``; a fault at 0 is spent. Writes are atomic (temp + rename).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+
+FaultKind = Literal["oom", "crash", "cuda_error", "error", "hang", "disk_full"]
+
+
+class Fault(BaseModel):
+    """One injected failure."""
+
+    variant: str = Field(description="Variant whose generator replicas fire it.")
+    kind: FaultKind = Field(description=(
+        "oom: torch.OutOfMemoryError at the step; crash: the replica process exits (os._exit) at the step; "
+        "cuda_error: a RuntimeError as CUDA raises it, after which the pipeline counts as unusable; "
+        "error: a RuntimeError; hang: the step sleeps hang_s seconds; disk_full: OSError(ENOSPC) when the "
+        "result file is written."))
+    at_step: int = Field(default=1, ge=0, description="Denoising step (1 = after the first) it fires at; "
+                         "ignored for disk_full.")
+    times: int = Field(default=1, ge=0, description="Firings left.")
+    hang_s: float = Field(default=3600.0, ge=0, description="Seconds a hang lasts.")
+
+
+class FaultSwitch:
+    """Reads ``path`` and fires the faults meant for ``variant``. A None path disables it."""
+
+    _lock = threading.Lock()  # threads of one replica; flock below serializes replicas
+
+    def __init__(self, path: str | Path | None, variant: str) -> None:
+        self.path = Path(path) if path else None
+        self.variant = variant
+
+    def _take(self, match) -> Fault | None:
+        """The first live fault that ``match`` accepts, with one firing spent (written back)."""
+        if self.path is None or not self.path.exists():
+            return None
+        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            faults = [Fault.model_validate(f) for f in json.loads(self.path.read_text() or "[]")]
+            for fault in faults:
+                if fault.variant == self.variant and fault.times > 0 and match(fault):
+                    fault.times -= 1
+                    write_faults(self.path, faults)
+                    return fault
+        return None
+
+    def at_step(self, step: int) -> None:
+        """Fire a step fault for ``step``, if one is armed.
+
+        Raises:
+            torch.OutOfMemoryError, RuntimeError: the injected failure.
+        """
+        fault = self._take(lambda f: f.kind not in ("disk_full",) and f.at_step == step)
+        if fault is None:
+            return
+        if fault.kind == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected fault)")
+        if fault.kind == "crash":
+            os._exit(70)  # the process dies as a segfaulting kernel would take it: no cleanup, no reply
+        if fault.kind == "cuda_error":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected fault)")
+        if fault.kind == "error":
+            raise RuntimeError("injected fault")
+        if fault.kind == "hang":
+            time.sleep(fault.hang_s)
+
+    def on_write(self) -> None:
+        """Fire a disk_full fault, if one is armed.
+
+        Raises:
+            OSError: errno ENOSPC.
+        """
+        if self._take(lambda f: f.kind == "disk_full") is not None:
+            raise OSError(errno.ENOSPC, "No space left on device (injected fault)")
+
+
+def write_faults(path: Path, faults: list[Fault | dict]) -> None:
+    """Replace the fault file atomically with ``faults``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = [f.model_dump() if isinstance(f, Fault) else Fault.model_validate(f).model_dump() for f in faults]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
