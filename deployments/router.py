@@ -10,6 +10,7 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Literal
 
 import ray.exceptions
 from pydantic import BaseModel, Field, SecretStr
@@ -32,6 +33,7 @@ from deployments.errors import (
 from deployments.job_inputs import kept_for_remix, remove_inputs
 from deployments.job_store import JobRecord, JobStore
 from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent, job_progress
+from deployments.replica_status import GeneratorStatus, generator_statuses
 from deployments.webhooks import WebhookConfig, WebhookSender
 
 logger = logging.getLogger("ray.serve")
@@ -57,6 +59,12 @@ class RouterConfig(BaseModel):
     max_output_bytes: int | None = Field(
         default=None, gt=0, description="Result files beyond this many bytes in all are deleted, oldest first; None: no cap.")
     purge_interval_s: float = Field(default=600.0, gt=0, description="Seconds between two retention purges.")
+    when_unavailable: Literal["queue", "refuse"] = Field(
+        default="queue", description="For a variant whose generator cannot start (e.g. missing or corrupt weights): "
+        "queue: its jobs are accepted and wait; refuse: they get 503 model_unavailable with the reason.")
+
+#: Seconds between two looks at the generators' deployment states.
+GENERATOR_STATUS_POLL_S = 2.0
 
 #: Longest a queued job waits for the dispatcher to look again, seconds.
 DISPATCH_POLL_S = 0.5
@@ -134,6 +142,8 @@ class Router:
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
         self._purger = asyncio.create_task(self._purge_loop())
+        self._generator_status: dict[str, GeneratorStatus] = {}
+        self._status_watch = asyncio.create_task(self._watch_generators())
         self._wake.set()
 
     # ---- progress events ----------------------------------------------------------------
@@ -243,6 +253,9 @@ class Router:
                 if len(self._running_of(variant)) >= self.config.slots.get(variant, 0):
                     continue
                 if time.monotonic() < self._paused_until.get(variant, 0.0):
+                    continue
+                status = self._generator_status.get(variant)
+                if status is not None and status.failed:  # its jobs wait until a replica runs
                     continue
                 if not self.breakers[variant].may_dispatch():
                     continue
@@ -412,6 +425,11 @@ class Router:
             earlier = await self.find_idempotent(idempotency_key, request_hash or "")
             if earlier is not None:
                 return earlier
+        status = self._generator_status.get(spec.variant)
+        if self.config.when_unavailable == "refuse" and status is not None and status.failed:
+            raise ModelUnavailable(
+                f"{spec.variant} cannot run jobs: its generator does not start ({status.reason}); the operator "
+                "must fix it (GET /ready shows the state)", retry_after_s=GENERATOR_STATUS_POLL_S * 30)
         breaker = self.breakers[spec.variant]
         if breaker.refusing():
             retry = breaker.retry_after_s()
@@ -552,6 +570,19 @@ class Router:
         if rec is None or rec.status != JobStatus.success or not path.is_file():
             raise FileNotFoundForJob(f"no video named {filename!r}; GET /videos lists them")
         return str(path)
+
+    # ---- generator health -----------------------------------------------------------------------
+
+    async def _watch_generators(self) -> None:
+        """Keep ``_generator_status`` fresh, so dispatch skips (and, per ``when_unavailable``,
+        submit refuses) a variant whose generator cannot start."""
+        app_name = serve.get_replica_context().app_name
+        while True:
+            try:
+                self._generator_status = await asyncio.to_thread(generator_statuses, app_name, list(self.generators))
+            except Exception:  # the controller may be restarting; keep the last answer
+                logger.debug("generator status unavailable", exc_info=True)
+            await asyncio.sleep(GENERATOR_STATUS_POLL_S)
 
     # ---- retention ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Graph: Ingress -> Router -> one Generator deployment per variant.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
@@ -15,7 +16,8 @@ from deployments.generator import Generator
 from deployments.router import Router, RouterConfig
 from deployments.webhooks import WebhookConfig, check_secret, load_or_create_secret
 from model_store.variants import load_variant
-from serve_app.ingress import Ingress, generator_deployment_name
+from deployments.replica_status import generator_deployment_name
+from serve_app.ingress import Ingress
 from serve_app.settings import ServiceSettings
 
 
@@ -40,6 +42,9 @@ class AppArgs(BaseModel):
     max_output_gib: float | None = Field(default=None, gt=0, description="Cap on result files, GiB, oldest deleted "
                                          "first; default WAN_SERVE_MAX_OUTPUT_GIB, else none.")
     purge_interval_s: float = Field(default=600.0, gt=0, description="Seconds between two retention purges.")
+    when_unavailable: Literal["queue", "refuse"] = Field(
+        default="queue", description="Jobs for a variant whose generator cannot start: queue (they wait) or "
+        "refuse (503 model_unavailable with the reason).")
     overrides: dict[str, dict] = Field(
         default={}, description="Per variant, keys merged into configs/<variant>.yaml before validation, e.g. "
         "{ti2v-5b: {timeouts: {generate_s: 600}}}.")
@@ -104,6 +109,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             retention_days=retention_days,
             max_output_bytes=int(max_gib * 2**30) if max_gib else None,
             purge_interval_s=args.purge_interval_s,
+            when_unavailable=args.when_unavailable,
         ),
         generators,
     )

@@ -15,6 +15,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import FileNotFoundForJob, JobNotFound, ValidationFailed, unwrap
 from deployments.jobs import JobStatus
+from deployments.replica_status import generator_statuses
 from deployments.router import JobView
 from model_store.variants import VariantConfig
 from serve_app import errors
@@ -81,11 +82,6 @@ def idempotency(request: Request, req, uploads) -> tuple[str, str] | None:
 
 def _split(csv: str | None) -> list[str]:
     return [part for part in (csv or "").split(",") if part]
-
-
-def generator_deployment_name(variant: str) -> str:
-    """Ray Serve deployment name of ``variant``'s generator, e.g. ``generator-ti2v-5b``."""
-    return f"generator-{variant}"
 
 
 @serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
@@ -329,17 +325,8 @@ class Ingress:
     async def ready(self) -> Response:
         """Readiness: every configured variant has at least one running generator replica."""
         app_name = serve.get_replica_context().app_name
-        status = await asyncio.to_thread(serve.status)
-        deployments = status.applications[app_name].deployments
-        variants, ready = {}, True
-        for name in sorted(self.jobs.variants):
-            dep = deployments.get(generator_deployment_name(name))
-            running = (dep.replica_states or {}).get("RUNNING", 0) if dep else 0
-            entry = {"ready": running > 0, "running_replicas": running,
-                     "deployment_status": str(dep.status.value if dep else "MISSING")}
-            if running == 0:
-                entry["reason"] = (dep.message if dep and dep.message else "no generator replica is running yet")
-                ready = False
-            variants[name] = entry
+        statuses = await asyncio.to_thread(generator_statuses, app_name, sorted(self.jobs.variants))
+        variants = {name: st.model_dump(exclude_none=True) for name, st in statuses.items()}
+        ready = all(st.ready for st in statuses.values())
         body = {"status": "ready" if ready else "not_ready", "variants": variants}
         return JSONResponse(body, status_code=200 if ready else 503)

@@ -50,6 +50,25 @@ class AppUnderTest:
             time.sleep(0.1)
         raise AssertionError(f"job {job_id} not there in {timeout}s: {s}")
 
+    def replicas(self, deployment: str) -> list[str]:
+        """Names of the live replica actors of ``deployment`` (Serve names them
+        ``SERVE_REPLICA::<app>#<deployment>#<replica id>``). Asks Ray, not the deployment, so it
+        works while the deployment is down."""
+        import ray
+
+        prefix = f"SERVE_REPLICA::{self.app}#{deployment}#"
+        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+
+    def kill(self, deployment: str) -> str | None:
+        """ray.kill one replica actor of ``deployment``; returns its name, or None if none is alive."""
+        import ray
+
+        names = self.replicas(deployment)
+        if not names:
+            return None
+        ray.kill(ray.get_actor(names[0], namespace="serve"))
+        return names[0]
+
     def pid(self, deployment: str) -> int:
         from ray import serve
         return serve.get_deployment_handle(deployment, self.app).process_info.remote().result()["pid"]

@@ -29,15 +29,16 @@ GENERATE_S = 15  # the ti2v twin's generate timeout in this app; its 2-step jobs
 CAP_BYTES = 5 * 2**19  # 2.5 MiB: two of this app's 1280x720 5-frame MP4s (about 1.1 MB each) fit
 
 PURGED: set[str] = set()
+DURA_ARGS = dict(variants=[TI2V, T2V], max_queued_jobs=16, max_attempts=2,
+                 circuit_breaker={"failure_threshold": 3, "cooldown_s": 6},
+                 overrides={TI2V: {"timeouts": {"generate_s": GENERATE_S}}},
+                 retention_days=1, max_output_gib=CAP_BYTES / 2**30, purge_interval_s=3600)
 
 
 @pytest.fixture(scope="module")
 def dura(ray_serve, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("dura")
-    url = deploy(ray_serve, APP, data_dir, variants=[TI2V, T2V], max_queued_jobs=16, max_attempts=2,
-                 circuit_breaker={"failure_threshold": 3, "cooldown_s": 6}, fault_file=str(data_dir / "faults.json"),
-                 overrides={TI2V: {"timeouts": {"generate_s": GENERATE_S}}},
-                 retention_days=1, max_output_gib=CAP_BYTES / 2**30, purge_interval_s=3600)
+    url = deploy(ray_serve, APP, data_dir, fault_file=str(data_dir / "faults.json"), **DURA_ARGS)
     with httpx.Client(base_url=url, timeout=60) as c:
         d = AppUnderTest(c, data_dir, url, APP, FAST)
         yield d
@@ -200,6 +201,36 @@ def test_a_killed_router_reloads_its_queue_in_fifo_order_and_requeues_the_runnin
     assert starts == sorted(starts)  # FIFO held across the restart
 
 
+def test_a_redeploy_lets_the_running_job_finish_or_hands_it_back(dura, ray_serve):
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    before = dura.replicas(f"generator-{TI2V}")
+    job = dura.submit("running through a redeploy", num_inference_steps=8)
+    dura.wait(job, until=lambda s: s["status"] == "running" and s["step"] >= 1)
+    # A changed generator config makes Serve replace the replica; it finishes its job first
+    # (graceful_shutdown_timeout_s is the variant's longest job).
+    args = dict(DURA_ARGS, data_dir=str(dura.data_dir), fault_file=str(dura.fault_file),
+                overrides={TI2V: {"timeouts": {"generate_s": GENERATE_S, "encode_s": 601}}})
+    serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
+    s = dura.wait(job)
+    assert s["status"] == "success" and s["attempts"] in (1, 2), s
+    assert dura.replicas(f"generator-{TI2V}") != before  # the replica was replaced
+    assert dura.wait(dura.submit("after the redeploy"))["status"] == "success"
+
+
+def test_a_job_running_through_max_attempts_router_deaths_ends_with_the_reason(dura):
+    job = dura.submit("the router keeps dying under me", num_inference_steps=12)
+    for attempt in (1, 2):  # max_attempts=2 in this app
+        # (The second dispatch may wait behind the first, orphaned run on the generator.)
+        dura.wait(job, until=lambda s: s["status"] == "running" and s["attempts"] == attempt)
+        assert dura.kill("Router")  # ray.kill by actor name: no handle to a restarted replica needed
+    s = dura.wait(job)
+    assert s["status"] == "error" and s["attempts"] == 2 and s["error"]["code"] == "internal"
+    assert "running when the service stopped, 2 times (max_attempts=2)" in s["error"]["message"]
+
+
 def test_retention_purges_old_jobs_and_the_disk_cap_deletes_the_oldest_files(dura):
     old, *middle, recent = [dura.submit(name) for name in ("old", "middle 1", "middle 2", "recent")]
     for job_id in (old, *middle, recent):
@@ -226,3 +257,42 @@ def test_retention_purges_old_jobs_and_the_disk_cap_deletes_the_oldest_files(dur
         s = dura.status(job_id)
         if s.get("filename") in deleted:
             assert s["file_url"] is None and s["finished_at"] <= oldest_kept
+
+
+@pytest.mark.parametrize("policy", ["refuse", "queue"])
+def test_a_variant_whose_weights_are_missing_is_not_ready_and_its_jobs_follow_the_policy(ray_serve, tmp_path, policy):
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    name = f"broken-{policy}"
+    missing = {"weights": {"local_path": str(tmp_path / "no-such-weights"), "repo_id": None}}
+    app = build_app({"data_dir": str(tmp_path), "variants": [T2V], "when_unavailable": policy,
+                     "overrides": {T2V: missing}})
+    try:
+        serve.run(app, name=name, route_prefix=f"/{name}")
+    except Exception:  # Serve reports the failed deployment; the app's other parts keep running
+        pass
+    with httpx.Client(base_url=f"{ray_serve}/{name}", timeout=30) as c:
+        deadline = time.monotonic() + 120
+        while True:
+            ready = c.get("/ready")
+            variant = ready.json()["variants"][T2V] if ready.status_code == 503 else {}
+            if variant.get("deployment_status") in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert ready.status_code == 503 and variant["ready"] is False, ready.text
+        reason = variant["reason"]
+        assert f"weights folder for variant '{T2V}' is missing" in reason
+        assert str(tmp_path) not in ready.text and "Traceback" not in ready.text  # no server paths
+        time.sleep(2.5)  # the router looks at the generators every 2 s
+        r = c.post("/generate", json={"prompt": "needs t2v", "variant": T2V, "size": "832x480"})
+        if policy == "refuse":
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+            assert "weights folder" in r.json()["error"]["message"] and "/ready" in r.json()["error"]["message"]
+        else:
+            assert r.status_code == 202
+            time.sleep(3)
+            s = c.get(f"/status/{r.json()['id']}").json()
+            assert s["status"] == "queued" and s["attempts"] == 0  # waits; never sent to a dead deployment
+    serve.delete(name)

@@ -1,0 +1,66 @@
+"""Whether each variant's generator deployment has a running replica, and if not, why: what
+/ready reports and what the router checks before queueing a job for a variant that cannot run."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field
+from ray import serve
+
+#: Absolute paths in an error message (a file the loader could not find, a traceback's frames);
+#: replaced before the message reaches an HTTP answer.
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+#: Deployment states in which Ray Serve has given up starting replicas or sees them failing.
+FAILED_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+
+
+def generator_deployment_name(variant: str) -> str:
+    """Ray Serve deployment name of ``variant``'s generator, e.g. ``generator-ti2v-5b``."""
+    return f"generator-{variant}"
+
+
+class GeneratorStatus(BaseModel):
+    """One variant's generator deployment as Ray Serve reports it."""
+
+    ready: bool = Field(description="At least one replica is running.")
+    running_replicas: int
+    deployment_status: str = Field(description="Ray Serve's DeploymentStatus, e.g. HEALTHY, UPDATING, DEPLOY_FAILED.")
+    reason: str | None = Field(default=None, description="Why it is not ready: the last line of Ray Serve's message "
+                               "(the constructor's error), with server paths removed.")
+
+    @property
+    def failed(self) -> bool:
+        """Not ready, and Ray Serve has given up or sees it failing (not merely starting)."""
+        return not self.ready and self.deployment_status in FAILED_STATES
+
+
+def public_reason(message: str | None) -> str | None:
+    """The useful line of a Ray Serve deployment message, without tracebacks or server paths.
+
+    A failing constructor's message ends with the exception line, e.g.
+    ``FileNotFoundError: weights folder for variant 'x' is missing: <path>``.
+    """
+    if not message:
+        return None
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else message
+    return _PATH.sub("<path>", line)[:500]
+
+
+def generator_statuses(app_name: str, variants: list[str]) -> dict[str, GeneratorStatus]:
+    """The status of each variant's generator in application ``app_name``. Blocking (asks the
+    Serve controller); call it from a worker thread in async code."""
+    deployments = serve.status().applications[app_name].deployments
+    result = {}
+    for name in variants:
+        dep = deployments.get(generator_deployment_name(name))
+        running = (dep.replica_states or {}).get("RUNNING", 0) if dep else 0
+        status = str(dep.status.value if dep else "MISSING")
+        reason = None
+        if running == 0:
+            reason = public_reason(dep.message if dep else None) or "no generator replica is running yet"
+        result[name] = GeneratorStatus(ready=running > 0, running_replicas=running, deployment_status=status,
+                                       reason=reason)
+    return result
