@@ -34,7 +34,7 @@ serve: tiny
 	$(VENV)/bin/serve run --address auto .run/serve_config.yaml
 
 test: tiny
-	$(PY) -m pytest -m "not soak" tests
+	$(PY) -m pytest -m "not soak" --durations=25 tests
 
 soak: tiny
 	$(PY) -m pytest -m soak tests

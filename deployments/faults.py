@@ -28,7 +28,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 
-FaultKind = Literal["oom", "crash", "cuda_error", "error", "hang", "disk_full"]
+FaultKind = Literal["oom", "crash", "cuda_error", "error", "hang", "disk_full", "slow_write"]
+
+
+#: Faults that fire when the result file is written, not at a denoising step.
+WRITE_FAULTS = ("disk_full", "slow_write")
 
 
 class Fault(BaseModel):
@@ -39,9 +43,9 @@ class Fault(BaseModel):
         "oom: torch.OutOfMemoryError at the step; crash: the replica process exits (os._exit) at the step; "
         "cuda_error: a RuntimeError as CUDA raises it, after which the pipeline counts as unusable; "
         "error: a RuntimeError; hang: the step sleeps hang_s seconds; disk_full: OSError(ENOSPC) when the "
-        "result file is written."))
+        "result file is written; slow_write: writing the result file starts hang_s seconds late."))
     at_step: int = Field(default=1, ge=0, description="Denoising step (1 = after the first) it fires at; "
-                         "ignored for disk_full.")
+                         "ignored for disk_full and slow_write.")
     times: int = Field(default=1, ge=0, description="Firings left.")
     hang_s: float = Field(default=3600.0, ge=0, description="Seconds a hang lasts.")
 
@@ -75,7 +79,7 @@ class FaultSwitch:
         Raises:
             torch.OutOfMemoryError, RuntimeError: the injected failure.
         """
-        fault = self._take(lambda f: f.kind not in ("disk_full",) and f.at_step == step)
+        fault = self._take(lambda f: f.kind not in WRITE_FAULTS and f.at_step == step)
         if fault is None:
             return
         if fault.kind == "oom":
@@ -90,13 +94,17 @@ class FaultSwitch:
             time.sleep(fault.hang_s)
 
     def on_write(self) -> None:
-        """Fire a disk_full fault, if one is armed.
+        """Fire a write fault, if one is armed: disk_full raises, slow_write sleeps ``hang_s``.
 
         Raises:
             OSError: errno ENOSPC.
         """
-        if self._take(lambda f: f.kind == "disk_full") is not None:
+        fault = self._take(lambda f: f.kind in WRITE_FAULTS)
+        if fault is None:
+            return
+        if fault.kind == "disk_full":
             raise OSError(errno.ENOSPC, "No space left on device (injected fault)")
+        time.sleep(fault.hang_s)
 
 
 def write_faults(path: Path, faults: list[Fault | dict]) -> None:

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -26,12 +27,15 @@ TI2V, T2V = "ti2v-5b-tiny", "t2v-a14b-tiny"
 APP = "dura"
 FAST = {"size": "1280x720", "num_inference_steps": 2, "variant": TI2V}
 GENERATE_S = 15  # the ti2v twin's generate timeout in this app; its 2-step jobs take about 5 s
+ENCODE_S = 5  # and its encode timeout; writing its 5-frame MP4 takes well under a second
 CAP_BYTES = 5 * 2**19  # 2.5 MiB: two of this app's 1280x720 5-frame MP4s (about 1.1 MB each) fit
 
 PURGED: set[str] = set()
+# warmup off: replicas restart often here, and a warm-up would only add to each restart.
 DURA_ARGS = dict(variants=[TI2V, T2V], max_queued_jobs=16, max_attempts=2,
                  circuit_breaker={"failure_threshold": 3, "cooldown_s": 6},
-                 overrides={TI2V: {"timeouts": {"generate_s": GENERATE_S}}},
+                 overrides={TI2V: {"warmup": False, "timeouts": {"generate_s": GENERATE_S, "encode_s": ENCODE_S}},
+                            T2V: {"warmup": False}},
                  retention_days=1, max_output_gib=CAP_BYTES / 2**30, purge_interval_s=3600)
 
 
@@ -102,6 +106,15 @@ def test_a_phase_over_its_timeout_ends_with_code_timeout(dura):
     assert s["status"] == "error" and s["error"]["code"] == "timeout"
     assert f"timeouts.generate_s={GENERATE_S}" in s["error"]["message"]
     assert dura.wait(dura.submit("unstuck"))["status"] == "success"
+
+
+def test_writing_over_its_timeout_ends_with_code_timeout_and_leaves_no_file(dura):
+    dura.arm({"variant": TI2V, "kind": "slow_write", "hang_s": ENCODE_S + 1})
+    s = dura.wait(dura.submit("slow disk"))
+    assert s["status"] == "error" and s["error"]["code"] == "timeout" and s["file_url"] is None
+    assert f"timeouts.encode_s={ENCODE_S}" in s["error"]["message"]
+    leftovers = [p.name for p in (dura.data_dir / "outputs").iterdir() if s["id"][:8] in p.name]
+    assert leftovers == []  # not even a partial file
 
 
 def test_a_full_disk_fails_the_job_and_the_service_keeps_running(dura):
@@ -207,12 +220,13 @@ def test_a_redeploy_lets_the_running_job_finish_or_hands_it_back(dura, ray_serve
     from serve_app.app import build_app
 
     before = dura.replicas(f"generator-{TI2V}")
-    job = dura.submit("running through a redeploy", num_inference_steps=8)
+    job = dura.submit("running through a redeploy", num_inference_steps=6)
     dura.wait(job, until=lambda s: s["status"] == "running" and s["step"] >= 1)
     # A changed generator config makes Serve replace the replica; it finishes its job first
     # (graceful_shutdown_timeout_s is the variant's longest job).
     args = dict(DURA_ARGS, data_dir=str(dura.data_dir), fault_file=str(dura.fault_file),
-                overrides={TI2V: {"timeouts": {"generate_s": GENERATE_S, "encode_s": 601}}})
+                overrides={**DURA_ARGS["overrides"],
+                           TI2V: {"warmup": False, "timeouts": {"generate_s": GENERATE_S + 1, "encode_s": ENCODE_S}}})
     serve.run(build_app(args), name=APP, route_prefix=f"/{APP}")
     s = dura.wait(job)
     assert s["status"] == "success" and s["attempts"] in (1, 2), s
@@ -221,14 +235,20 @@ def test_a_redeploy_lets_the_running_job_finish_or_hands_it_back(dura, ray_serve
 
 
 def test_a_job_running_through_max_attempts_router_deaths_ends_with_the_reason(dura):
-    job = dura.submit("the router keeps dying under me", num_inference_steps=12)
+    # The first run hangs at its first step, so the job is still running when the router dies,
+    # and its second dispatch waits behind that orphaned run (a dead router cannot stop it)
+    # when the router dies again.
+    dura.arm({"variant": TI2V, "kind": "hang", "at_step": 1, "hang_s": GENERATE_S + 1})
+    job = dura.submit("the router keeps dying under me")
     for attempt in (1, 2):  # max_attempts=2 in this app
-        # (The second dispatch may wait behind the first, orphaned run on the generator.)
         dura.wait(job, until=lambda s: s["status"] == "running" and s["attempts"] == attempt)
         assert dura.kill("Router")  # ray.kill by actor name: no handle to a restarted replica needed
     s = dura.wait(job)
     assert s["status"] == "error" and s["attempts"] == 2 and s["error"]["code"] == "internal"
     assert "running when the service stopped, 2 times (max_attempts=2)" in s["error"]["message"]
+    # The orphans end (the first in the generate timeout); then the generator serves the next job.
+    after = dura.wait(dura.submit("after the orphans"), timeout=240)
+    assert after["status"] == "success"
 
 
 def test_retention_purges_old_jobs_and_the_disk_cap_deletes_the_oldest_files(dura):
@@ -259,40 +279,51 @@ def test_retention_purges_old_jobs_and_the_disk_cap_deletes_the_oldest_files(dur
             assert s["file_url"] is None and s["finished_at"] <= oldest_kept
 
 
-@pytest.mark.parametrize("policy", ["refuse", "queue"])
-def test_a_variant_whose_weights_are_missing_is_not_ready_and_its_jobs_follow_the_policy(ray_serve, tmp_path, policy):
+def test_a_variant_that_cannot_start_is_not_ready_and_its_jobs_follow_the_policy(ray_serve, tmp_path):
+    """Two apps at once (their constructors fail in parallel): missing weights with
+    when_unavailable=refuse, and a load over load_s with when_unavailable=queue."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    name = f"broken-{policy}"
-    missing = {"weights": {"local_path": str(tmp_path / "no-such-weights"), "repo_id": None}}
-    app = build_app({"data_dir": str(tmp_path), "variants": [T2V], "when_unavailable": policy,
-                     "overrides": {T2V: missing}})
-    try:
-        serve.run(app, name=name, route_prefix=f"/{name}")
-    except Exception:  # Serve reports the failed deployment; the app's other parts keep running
-        pass
-    with httpx.Client(base_url=f"{ray_serve}/{name}", timeout=30) as c:
-        deadline = time.monotonic() + 120
-        while True:
-            ready = c.get("/ready")
-            variant = ready.json()["variants"][T2V] if ready.status_code == 503 else {}
-            if variant.get("deployment_status") in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert ready.status_code == 503 and variant["ready"] is False, ready.text
-        reason = variant["reason"]
-        assert f"weights folder for variant '{T2V}' is missing" in reason
-        assert str(tmp_path) not in ready.text and "Traceback" not in ready.text  # no server paths
-        time.sleep(2.5)  # the router looks at the generators every 2 s
-        r = c.post("/generate", json={"prompt": "needs t2v", "variant": T2V, "size": "832x480"})
-        if policy == "refuse":
-            assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
-            assert "weights folder" in r.json()["error"]["message"] and "/ready" in r.json()["error"]["message"]
-        else:
-            assert r.status_code == 202
-            time.sleep(3)
-            s = c.get(f"/status/{r.json()['id']}").json()
-            assert s["status"] == "queued" and s["attempts"] == 0  # waits; never sent to a dead deployment
-    serve.delete(name)
+    cases = {
+        "broken-refuse": ("refuse", {"weights": {"local_path": str(tmp_path / "no-such-weights"), "repo_id": None}},
+                          f"weights folder for variant '{T2V}' is missing"),
+        "broken-queue": ("queue", {"timeouts": {"load_s": 0.01}},  # loading cannot finish in 10 ms
+                         f"loading {T2V} took longer than timeouts.load_s=0.01 s"),
+    }
+    def run(name: str) -> None:
+        policy, override, _ = cases[name]
+        app = build_app({"data_dir": str(tmp_path / name), "variants": [T2V], "when_unavailable": policy,
+                         "overrides": {T2V: override}})
+        try:
+            serve.run(app, name=name, route_prefix=f"/{name}")  # returns (or raises) once Serve gives up
+        except Exception:  # Serve reports the failed deployment; the app's other parts keep running
+            pass
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        list(pool.map(run, cases))
+    for name, (policy, _, expected) in cases.items():
+        with httpx.Client(base_url=f"{ray_serve}/{name}", timeout=30) as c:
+            deadline = time.monotonic() + 120
+            while True:
+                ready = c.get("/ready")
+                variant = ready.json()["variants"][T2V] if ready.status_code == 503 else {}
+                if variant.get("deployment_status") in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert ready.status_code == 503 and variant["ready"] is False, ready.text
+            assert expected in variant["reason"], variant
+            assert str(tmp_path) not in ready.text and "Traceback" not in ready.text  # no server paths
+            time.sleep(2.5)  # the router looks at the generators every 2 s
+            r = c.post("/generate", json={"prompt": "needs t2v", "variant": T2V, "size": "832x480"})
+            if policy == "refuse":
+                assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+                assert expected in r.json()["error"]["message"] and "/ready" in r.json()["error"]["message"]
+            else:
+                assert r.status_code == 202
+                time.sleep(3)
+                s = c.get(f"/status/{r.json()['id']}").json()
+                assert s["status"] == "queued" and s["attempts"] == 0  # waits; never sent to a dead deployment
+    for name in cases:
+        serve.delete(name)
