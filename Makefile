@@ -7,7 +7,7 @@ DASHBOARD_PORT ?= 8265
 STAMP := $(VENV)/.installed-stamp
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install tiny serve test soak test-gpu bench clean
+.PHONY: install tiny serve test soak test-gpu bench bench-recovery clean
 
 # torch is pinned and installed first: this machine has a CPU wheel of torch 2.13.0 on disk,
 # and an unpinned torch would pull several GB of CUDA packages.
@@ -44,6 +44,10 @@ test-gpu: tiny
 
 bench: tiny
 	$(PY) bench/job_latency.py --variant ti2v-5b-tiny t2v-a14b-tiny i2v-a14b-tiny vace-14b-tiny --size 1280x720 --jobs 2
+
+# Recovery times after a router kill, a generator crash and a CUDA-style error (issue 5).
+bench-recovery: tiny
+	$(PY) bench/recovery.py --rounds 2
 
 clean:
 	rm -rf .run var models
