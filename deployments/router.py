@@ -319,6 +319,13 @@ class Router:
                 asyncio.get_running_loop().call_later(breaker.retry_after_s(), self._wake.set)
             self._wake.set()
 
+    def _requeue_first(self, spec: JobSpec) -> None:
+        """Put a job that was running back at the front of the queue: it was the oldest of its
+        variant when it started."""
+        self.queue.insert(0, spec.id)
+        self._variant_of[spec.id] = spec.variant
+        self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
+
     def _failed(self, spec: JobSpec, exc: BaseException, attempts: int) -> None:
         """End (or requeue) a job whose generator call raised ``exc``, and tell the breaker."""
         breaker = self.breakers[spec.variant]
@@ -328,9 +335,7 @@ class Router:
             # briefly so the job does not bounce off that replica until Serve replaces it.
             breaker.neutral()
             self.store.update(spec.id, attempts=attempts - 1)
-            self.queue.insert(0, spec.id)
-            self._variant_of[spec.id] = spec.variant
-            self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
+            self._requeue_first(spec)
             self._paused_until[spec.variant] = time.monotonic() + REFUSED_PAUSE_S
             asyncio.get_running_loop().call_later(REFUSED_PAUSE_S, self._wake.set)
             return
@@ -339,10 +344,7 @@ class Router:
             breaker.failed(reason)
             logger.warning("job %s: %s (attempt %d of %d)", spec.id, reason, attempts, self.config.max_attempts)
             if attempts < self.config.max_attempts:
-                # Back to the front of the queue: it was the oldest of its variant when it started.
-                self.queue.insert(0, spec.id)
-                self._variant_of[spec.id] = spec.variant
-                self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
+                self._requeue_first(spec)
                 return
             self._update(spec.id, status=JobStatus.error, error_code=ReplicaFailed.code, finished_at=time.time(),
                          error_message=f"{reason}, on each of {attempts} attempts (max_attempts="

@@ -22,7 +22,8 @@ def tiny_weights() -> Path:
     return dict(zip(TINY_VARIANTS, ensure_tiny_twins(TINY_VARIANTS)))[TINY]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A 127.0.0.1 port with nothing listening on it (bound, then released)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -34,7 +35,7 @@ def ray_serve(tiny_weights):
     import ray
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     # address="local": a cluster of our own, even when `make serve` runs one on this machine.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})

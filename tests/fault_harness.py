@@ -82,7 +82,8 @@ def check_invariants(d: AppUnderTest, ids: list[str], purged: set[str] = frozens
     for job_id in ids:
         if job_id in purged:
             continue
-        s = finals[job_id] = d.status(job_id)
+        # A job still running when the checks start is given time to end: running is not a resting state.
+        s = finals[job_id] = d.wait(job_id, until=lambda s: s.get("status") != "running")
         assert s.get("id") == job_id, f"job {job_id} was lost: {s}"
         assert s["status"] in TERMINAL | {"queued"}, s
         assert sum(job_id[:8] in name for name in files) <= 1, f"job {job_id} wrote more than one file"

@@ -15,8 +15,9 @@ from deployments.job_store import JobStore
 from deployments.jobs import GenerationParams, JobSpec, JobStatus, WebhookSpec
 from deployments.webhooks import WebhookConfig, WebhookSender, check_secret, load_or_create_secret
 from model_store.variants import Size
+from tests.conftest import free_port
 from tests.test_webhook_guard import FakeResolver
-from tests.webhook_receiver import Receiver, closed_port, standard_signature
+from tests.webhook_receiver import Receiver, standard_signature
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks specification's example secret
 LOCAL = ["127.0.0.1/32"]
@@ -111,7 +112,7 @@ def test_retries_on_5xx_429_and_timeouts_with_backoff_then_delivers(tmp_path):
 
 def test_gives_up_after_the_retry_window_and_never_retries_a_4xx(tmp_path):
     store = JobStore(tmp_path / "jobs.db")
-    down = _job(store, f"http://127.0.0.1:{closed_port()}/hook")
+    down = _job(store, f"http://127.0.0.1:{free_port()}/hook")
     with Receiver(script=[400, 301]) as rx:
         bad_request = _job(store, rx.url)
         redirect = _job(store, rx.url)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import TINY, deploy, wait_for, wait_terminal
-from tests.webhook_receiver import Receiver, closed_port, standard_signature
+from tests.conftest import TINY, deploy, free_port, wait_for, wait_terminal
+from tests.webhook_receiver import Receiver, standard_signature
 
 FAST = {"size": "1280x720", "num_inference_steps": 2}
 
@@ -123,7 +123,7 @@ def test_progress_webhooks_every_2s_at_most_then_the_terminal_one(hooks):
 
 def test_a_receiver_that_is_down_never_affects_the_job_and_cancel_sends_canceled(hooks):
     client, _ = hooks
-    down = f"http://127.0.0.1:{closed_port()}/hook"
+    down = f"http://127.0.0.1:{free_port()}/hook"
     job_id = client.post("/generate", json={"prompt": "an owl", "webhook_url": down, **FAST}).json()["id"]
     assert wait_terminal(client, job_id)[-1]["status"] == "success"
     deadline = time.monotonic() + 30

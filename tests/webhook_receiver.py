@@ -76,12 +76,3 @@ def standard_signature(secret: str, msg_id: str, timestamp: str, body: bytes) ->
     key = base64.b64decode(secret.removeprefix("whsec_"))
     digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
-
-
-def closed_port() -> int:
-    """A 127.0.0.1 port with nothing listening (bound, then released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
