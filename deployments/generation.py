@@ -47,9 +47,11 @@ class GenerationRunner:
     - vace: ``video``, ``mask`` (white = regenerate) and ``reference_images`` (``WanVACEPipeline``).
     """
 
-    def __init__(self, variant: VariantConfig, pipe) -> None:
+    def __init__(self, variant: VariantConfig, pipe, prompt_pipe=None) -> None:
         self.variant = variant
         self.pipe = pipe
+        # Set when the text encoder stays in host memory (memory.text_encoder_device: cpu).
+        self.prompt_pipe = prompt_pipe
         self.device = pipe._execution_device
         self.image_pipe = image_pipeline(pipe) if variant.task == "ti2v" else None
 
@@ -106,14 +108,18 @@ class GenerationRunner:
         #    below would do exactly this with the same arguments.
         report(Phase.encoding_prompt, 0, total, None)
         do_cfg = params.guidance_scale > 1.0
+        encoder = self.prompt_pipe or pipe
         with torch.inference_mode():
-            prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt_embeds, negative_embeds = encoder.encode_prompt(
                 prompt=params.prompt,
                 negative_prompt=params.negative_prompt or None,
                 do_classifier_free_guidance=do_cfg,
                 max_sequence_length=self.variant.max_sequence_length,
-                device=self.device,
+                device=encoder._execution_device if self.prompt_pipe is not None else self.device,
             )
+        if self.prompt_pipe is not None:
+            prompt_embeds = prompt_embeds.to(self.device)
+            negative_embeds = negative_embeds.to(self.device) if negative_embeds is not None else None
 
         # 2. Denoise and decode, reporting after every step.
         started = time.perf_counter()

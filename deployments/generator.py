@@ -27,7 +27,7 @@ from deployments.generation import GenerationRunner
 from deployments.job_inputs import PreparedInputs
 from deployments.jobs import OUTPUT_EXTENSIONS, JobResult, JobSpec, Phase, ProgressEvent
 from deployments.video_io import fit_frames, write_mp4, write_png_zip, write_webm_alpha
-from model_store.loader import load_pipeline
+from model_store.loader import load_variant_pipeline
 from model_store.variants import VariantConfig
 
 logger = logging.getLogger("ray.serve")
@@ -78,8 +78,8 @@ class Generator:
         t0 = time.perf_counter()
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         try:
-            self.runner = pool.submit(lambda: GenerationRunner(variant, load_pipeline(variant))).result(
-                timeout=variant.timeouts.load_s)
+            loaded = pool.submit(load_variant_pipeline, variant).result(timeout=variant.timeouts.load_s)
+            self.runner = GenerationRunner(variant, loaded.pipe, loaded.prompt_pipe)
             self.load_seconds = time.perf_counter() - t0
             self.warmup_seconds = None
             if variant.warmup:

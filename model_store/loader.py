@@ -5,9 +5,12 @@ Real weights and tiny twins take exactly this path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import diffusers
 import torch
 
+from model_store.memory_modes import apply_fp8_storage, check_mode, place, probe_device, quantization_config
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 
@@ -30,38 +33,88 @@ def resolve_device(variant: VariantConfig) -> torch.device:
     return torch.device("cuda")
 
 
-def load_pipeline(variant: VariantConfig, settings: StoreSettings | None = None):
-    """Load ``variant``'s pipeline with ``from_pretrained`` and move it to its device.
+@dataclass
+class LoadedVariant:
+    """A variant's pipeline, ready to run.
+
+    ``prompt_pipe`` is set when ``memory.text_encoder_device`` is cpu: a ``WanPipeline`` holding only
+    the tokenizer and the text encoder, in host memory, while ``pipe.text_encoder`` is None so the
+    pipeline's execution device is the transformer's.
+    """
+
+    pipe: object
+    prompt_pipe: object | None
+    device: torch.device
+
+
+def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None = None) -> LoadedVariant:
+    """Load ``variant``'s pipeline with ``from_pretrained`` in its memory mode and place it.
+
+    Steps: 1. refuse a memory mode the device cannot run; 2. load, quantizing per the mode
+    (torchao or bitsandbytes); 3. check the weights are this variant's (boundary_ratio);
+    4. fp8 storage, text encoder placement, offload or device placement, VAE tiling.
 
     The transformer and text encoder load in ``variant.torch_dtype``, the VAE in
     ``variant.vae_dtype`` (float32 by default, as the Wan model cards recommend).
-    Returns the ``diffusers`` pipeline object of ``variant.pipeline_class``.
 
     Raises:
+        ModeRefused: the memory mode cannot run on this replica's device.
         FileNotFoundError: a local-only variant whose folder is missing.
         OSError: from_pretrained could not find or read the weights.
         ValueError: the weights' boundary_ratio is not the one the variant config states
             (wrong weights for this variant).
     """
+    # 1. The mode against the device, before any weights are read.
+    device = resolve_device(variant)
+    memory = variant.memory
+    check_mode(memory, probe_device(device), variant.name)
     location = variant.weights_location(settings)
+
+    # 2. Load, quantizing while loading where the mode says so.
     pipeline_cls = getattr(diffusers, variant.pipeline_class)
+    compute_dtype = _DTYPES[variant.torch_dtype]
     kwargs = {}
     if location == variant.weights.repo_id and variant.weights.revision:
         kwargs["revision"] = variant.weights.revision
+    quant = quantization_config(memory, probe_device(device), compute_dtype, variant.boundary_ratio is not None)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
     pipe = pipeline_cls.from_pretrained(
-        location,
-        dtype={"default": _DTYPES[variant.torch_dtype], "vae": _DTYPES[variant.vae_dtype]},
-        **kwargs,
-    )
+        location, dtype={"default": compute_dtype, "vae": _DTYPES[variant.vae_dtype]}, **kwargs)
+
+    # 3. The right weights for this variant.
     loaded_boundary = pipe.config.get("boundary_ratio")
     if loaded_boundary != variant.boundary_ratio:
         raise ValueError(
             f"weights for variant {variant.name!r} have boundary_ratio {loaded_boundary}, but its config says "
             f"{variant.boundary_ratio}: these are not the weights this variant describes"
         )
-    pipe.to(resolve_device(variant))
+
+    # 4. Storage format, placement and tiling.
+    apply_fp8_storage(pipe, memory, compute_dtype)
+    prompt_pipe = None
+    if memory.text_encoder_device == "cpu":
+        # Every Wan pipeline encodes prompts with the same code (WanPipeline.encode_prompt), so a
+        # WanPipeline of the tokenizer and text encoder alone serves all of them.
+        prompt_pipe = diffusers.WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=None,
+                                            scheduler=pipe.scheduler)
+        prompt_pipe.set_progress_bar_config(disable=True)
+        pipe.register_modules(text_encoder=None)
+    place(pipe, memory, device)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return LoadedVariant(pipe=pipe, prompt_pipe=prompt_pipe, device=device)
+
+
+def load_pipeline(variant: VariantConfig, settings: StoreSettings | None = None):
+    """``load_variant_pipeline(variant).pipe``, for variants whose text encoder is not split off.
+
+    Raises:
+        ValueError: the variant keeps its text encoder on the CPU (use load_variant_pipeline).
+        And whatever load_variant_pipeline raises.
+    """
+    if variant.memory.text_encoder_device == "cpu":
+        raise ValueError("text_encoder_device: cpu splits the pipeline; use load_variant_pipeline")
+    return load_variant_pipeline(variant, settings).pipe
 
 
 def image_pipeline(pipe):

@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from model_store.memory_config import MemoryConfig
 from model_store.settings import StoreSettings
 
 #: The output sizes the HTTP API accepts, as "WIDTHxHEIGHT" (pixels): 720P and 480P in both
@@ -168,6 +169,8 @@ class VariantConfig(BaseModel):
     warmup: bool = Field(default=True, description="Run one short generation at replica start so the first job is not slow.")
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Per-phase time limits of a job, seconds.")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig, description="Quantization, offload, text encoder "
+                                 "placement, VAE tiling and the fit check's budget (model_store/memory_config.py).")
 
     @property
     def longest_job_s(self) -> float:
