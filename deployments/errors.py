@@ -48,6 +48,13 @@ class UploadTooLarge(ValidationFailed):
     code = "payload_too_large"
 
 
+class RequestTooLarge(ValidationFailed):
+    """The request's size and frames would not fit the memory of the variant's replicas, by the fit
+    check's estimate (model_store/fit_check.py); the message says what would fit (HTTP 422)."""
+
+    code = "request_too_large"
+
+
 class QueueFull(ServiceError):
     """More than ``max_queued_jobs`` are waiting; ``details['retry_after_s']`` says when to retry (HTTP 429)."""
 

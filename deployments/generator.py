@@ -23,6 +23,7 @@ from ray import serve
 from deployments.compositing import mask_to_alpha, paste_back
 from deployments.errors import DiskFull, JobCanceled, JobTimeout, OutOfMemory, ReplicaFailed
 from deployments.faults import FaultSwitch
+from deployments.fit_plans import check_request_fits, write_fit_plan
 from deployments.generation import GenerationRunner
 from deployments.job_inputs import PreparedInputs
 from deployments.jobs import OUTPUT_EXTENSIONS, JobResult, JobSpec, Phase, ProgressEvent
@@ -59,13 +60,16 @@ class Generator:
         variant: the validated variant config.
         output_dir: folder the MP4 files are written to (shared with the ingress).
         fault_file: JSON file of injected faults (deployments/faults.py); None disables them.
+        fit_dir: folder to write this variant's fit plan to, for the router (deployments/fit_plans.py).
 
     Raises (from the constructor, which Ray Serve reports as the deployment's status message):
         TimeoutError: loading and warming up took longer than ``timeouts.load_s``.
+        ModeRefused, WontFit: the memory mode cannot run on this device, or would not fit it.
         Exception: whatever loading the weights raised (missing or corrupt files).
     """
 
-    def __init__(self, variant: VariantConfig, output_dir: str, fault_file: str | None = None) -> None:
+    def __init__(self, variant: VariantConfig, output_dir: str, fault_file: str | None = None,
+                 fit_dir: str | None = None) -> None:
         if variant.deployment.torch_threads:
             torch.set_num_threads(variant.deployment.torch_threads)
         self.variant = variant
@@ -80,6 +84,9 @@ class Generator:
         try:
             loaded = pool.submit(load_variant_pipeline, variant).result(timeout=variant.timeouts.load_s)
             self.runner = GenerationRunner(variant, loaded.pipe, loaded.prompt_pipe)
+            self.fit = loaded.fit if variant.memory.fit_check else None
+            if self.fit is not None and fit_dir is not None:
+                write_fit_plan(self.fit, Path(fit_dir))
             self.load_seconds = time.perf_counter() - t0
             self.warmup_seconds = None
             if variant.warmup:
@@ -152,6 +159,8 @@ class Generator:
     def _run_job(self, spec: JobSpec, emit, cancel: threading.Event) -> JobResult:
         params = spec.params
         limits = self.variant.timeouts
+        if self.fit is not None:  # the router checked at submit; a replica on a smaller device checks again
+            check_request_fits(self.fit, spec)
 
         def on_progress(phase: Phase, step: int, total: int, step_seconds: float | None) -> None:
             emit(ProgressEvent(phase=phase, step=step, total_steps=total, step_seconds=step_seconds,

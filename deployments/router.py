@@ -30,6 +30,7 @@ from deployments.errors import (
     VariantNotDeployed,
     unwrap,
 )
+from deployments.fit_plans import FitPlanCache, check_request_fits
 from deployments.job_inputs import kept_for_remix, remove_inputs
 from deployments.job_store import JobRecord, JobStore
 from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent, job_progress
@@ -59,6 +60,9 @@ class RouterConfig(BaseModel):
     max_output_bytes: int | None = Field(
         default=None, gt=0, description="Result files beyond this many bytes in all are deleted, oldest first; None: no cap.")
     purge_interval_s: float = Field(default=600.0, gt=0, description="Seconds between two retention purges.")
+    fit_dir: str | None = Field(
+        default=None, description="Folder where generators write their fit plans (<variant>.json); requests "
+        "that would not fit are refused before queueing. None: no such check here.")
     when_unavailable: Literal["queue", "refuse"] = Field(
         default="queue", description="For a variant whose generator cannot start (e.g. missing or corrupt weights): "
         "queue: its jobs are accepted and wait; refuse: they get 503 model_unavailable with the reason.")
@@ -114,6 +118,7 @@ class Router:
         self.config = config
         self.generators = generators
         self.store = JobStore(Path(config.db_path))
+        self._fit_plans = FitPlanCache()
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.running: dict[str, _Running] = {}
@@ -409,6 +414,18 @@ class Router:
                 "for a new request", field="Idempotency-Key")
         return self._view(rec).model_copy(update={"replayed": True})
 
+    def _check_fit(self, spec: JobSpec) -> None:
+        """Refuse ``spec`` when its variant's fit plan (written by its replicas at load) says it would not fit.
+
+        Raises:
+            RequestTooLarge: with the largest frame count that fits at its size.
+        """
+        if self.config.fit_dir is None:
+            return
+        plan = self._fit_plans.get(Path(self.config.fit_dir) / f"{spec.variant}.json")
+        if plan is not None:
+            check_request_fits(plan, spec)
+
     async def submit(self, spec: JobSpec, idempotency_key: str | None = None,
                      request_hash: str | None = None) -> JobView:
         """Store ``spec`` as a queued job and wake the dispatcher. With ``idempotency_key``, a
@@ -420,6 +437,7 @@ class Router:
             QueueFull: ``max_queued_jobs`` jobs are already waiting.
             FilenameTaken: another live job or file already uses ``spec.filename``.
             IdempotencyConflict: ``idempotency_key`` came with a different request before.
+            RequestTooLarge: the variant's replicas would not have the memory for it (fit check).
         """
         if spec.variant not in self.generators:
             raise VariantNotDeployed(f"variant {spec.variant!r} is not deployed", deployed=sorted(self.generators))
@@ -427,6 +445,7 @@ class Router:
             earlier = await self.find_idempotent(idempotency_key, request_hash or "")
             if earlier is not None:
                 return earlier
+        self._check_fit(spec)
         status = self._generator_status.get(spec.variant)
         if self.config.when_unavailable == "refuse" and status is not None and status.failed:
             raise ModelUnavailable(

@@ -6,11 +6,14 @@ Real weights and tiny twins take exactly this path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import diffusers
 import torch
 
-from model_store.memory_modes import apply_fp8_storage, check_mode, place, probe_device, quantization_config
+from model_store.fit_check import GIB, FitPlan, gib, plan_fit, suggestions
+from model_store.memory_modes import (DeviceInfo, apply_fp8_storage, check_mode, place, probe_device,
+                                      quantization_config)
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 
@@ -45,12 +48,45 @@ class LoadedVariant:
     pipe: object
     prompt_pipe: object | None
     device: torch.device
+    fit: FitPlan | None = None
+
+
+class WontFit(ValueError):
+    """The variant's default request would not fit its device in its memory mode. The message gives
+    the estimate, the budget and modes that would fit; the generator raises it from its
+    constructor, so /ready shows it."""
+
+
+def check_fit(variant: VariantConfig, folder: Path, device_info: DeviceInfo) -> FitPlan:
+    """Estimate ``variant``'s peak memory (model_store/fit_check.py) and refuse it when its default
+    request (``defaults.num_frames`` at its first native size) would not fit.
+
+    Returns the FitPlan, which also prices larger requests (they are refused one by one, 422).
+
+    Raises:
+        WontFit: with the estimate, the budget and up to three modes that would fit.
+    """
+    memory = variant.memory
+    budget = int(memory.budget_gib * GIB) if memory.budget_gib else device_info.free_bytes
+    plan = plan_fit(variant, folder, budget, device_info.describe())
+    size = next(iter(variant.native_sizes.values()))
+    frames = variant.defaults.num_frames
+    if memory.fit_check and not plan.fits(size.width, size.height, frames):
+        what = "free" if not memory.budget_gib else "in its budget (memory.budget_gib)"
+        better = suggestions(variant, folder, budget, device_info, size.width, size.height, frames)
+        advice = (" or ".join(better) + " would fit") if better else "no memory mode fits it on this device"
+        raise WontFit(
+            f"variant {variant.name} ({plan.mode}) needs {gib(plan.peak_bytes(size.width, size.height, frames))} "
+            f"for its default request ({frames} frames at {size}), and {device_info.describe()} has "
+            f"{gib(budget)} {what}: {advice}")
+    return plan
 
 
 def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None = None) -> LoadedVariant:
     """Load ``variant``'s pipeline with ``from_pretrained`` in its memory mode and place it.
 
-    Steps: 1. refuse a memory mode the device cannot run; 2. load, quantizing per the mode
+    Steps: 1. refuse a memory mode the device cannot run, and a variant whose default request
+    would not fit (the fit check); 2. load, quantizing per the mode
     (torchao or bitsandbytes); 3. check the weights are this variant's (boundary_ratio);
     4. fp8 storage, text encoder placement, offload or device placement, VAE tiling.
 
@@ -59,6 +95,7 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
 
     Raises:
         ModeRefused: the memory mode cannot run on this replica's device.
+        WontFit: the fit check's estimate is over the device's free memory (or memory.budget_gib).
         FileNotFoundError: a local-only variant whose folder is missing.
         OSError: from_pretrained could not find or read the weights.
         ValueError: the weights' boundary_ratio is not the one the variant config states
@@ -67,8 +104,10 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     # 1. The mode against the device, before any weights are read.
     device = resolve_device(variant)
     memory = variant.memory
-    check_mode(memory, probe_device(device), variant.name)
+    device_info = probe_device(device)
+    check_mode(memory, device_info, variant.name)
     location = variant.weights_location(settings)
+    fit = check_fit(variant, Path(location), device_info) if Path(location).is_dir() else None
 
     # 2. Load, quantizing while loading where the mode says so.
     pipeline_cls = getattr(diffusers, variant.pipeline_class)
@@ -76,7 +115,7 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     kwargs = {}
     if location == variant.weights.repo_id and variant.weights.revision:
         kwargs["revision"] = variant.weights.revision
-    quant = quantization_config(memory, probe_device(device), compute_dtype, variant.boundary_ratio is not None)
+    quant = quantization_config(memory, device_info, compute_dtype, variant.boundary_ratio is not None)
     if quant is not None:
         kwargs["quantization_config"] = quant
     pipe = pipeline_cls.from_pretrained(
@@ -102,7 +141,7 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
         pipe.register_modules(text_encoder=None)
     place(pipe, memory, device)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedVariant(pipe=pipe, prompt_pipe=prompt_pipe, device=device)
+    return LoadedVariant(pipe=pipe, prompt_pipe=prompt_pipe, device=device, fit=fit)
 
 
 def load_pipeline(variant: VariantConfig, settings: StoreSettings | None = None):

@@ -90,7 +90,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             ray_actor_options={"num_gpus": cfg.deployment.num_gpus, "num_cpus": cfg.deployment.num_cpus},
             # A replica being stopped (scale-down, redeploy) finishes its job first.
             graceful_shutdown_timeout_s=cfg.longest_job_s,
-        ).bind(cfg, str(output_dir), fault_file)
+        ).bind(cfg, str(output_dir), fault_file, str(data_dir / "fit"))
         for name, cfg in configs.items()
     }
     retention_days = args.retention_days or settings.retention_days
@@ -110,6 +110,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             max_output_bytes=int(max_gib * 2**30) if max_gib else None,
             purge_interval_s=args.purge_interval_s,
             when_unavailable=args.when_unavailable,
+            fit_dir=str(data_dir / "fit"),
         ),
         generators,
     )
