@@ -67,6 +67,12 @@ class VariantNotDeployed(ServiceError):
     code = "variant_not_found"
 
 
+class AdapterNotDeployed(ServiceError):
+    """The request names a LoRA adapter the model store does not have for its variant (HTTP 404)."""
+
+    code = "adapter_not_found"
+
+
 class JobNotFound(ServiceError):
     """No job with this id, or no job matching a lookup (HTTP 404)."""
 

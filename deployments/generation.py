@@ -15,6 +15,7 @@ from PIL import Image
 
 from deployments.errors import JobCanceled, ValidationFailed
 from deployments.job_inputs import PreparedInputs
+from deployments.lora_adapters import AdapterRegistry
 from deployments.jobs import GenerationParams, Phase
 from model_store.loader import image_pipeline
 from model_store.variants import VariantConfig
@@ -54,6 +55,8 @@ class GenerationRunner:
         self.prompt_pipe = prompt_pipe
         self.device = pipe._execution_device
         self.image_pipe = image_pipeline(pipe) if variant.task == "ti2v" else None
+        # LoRA adapters live in the shared transformer modules, so image_pipe sees them too.
+        self.adapters = AdapterRegistry(pipe)
 
     def _pipeline_and_inputs(self, params: GenerationParams, inputs: PreparedInputs | None) -> tuple[object, dict]:
         """The pipeline to call and its media arguments; the ingress has already validated the inputs."""
@@ -138,6 +141,8 @@ class GenerationRunner:
             return callback_kwargs
 
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        # Exactly this job's adapters (loaded by the generator before the job); none turns LoRA off.
+        self.adapters.activate({lora.name: lora.scale for lora in params.loras})
         with torch.inference_mode():
             output = pipe(
                 prompt_embeds=prompt_embeds,

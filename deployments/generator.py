@@ -21,14 +21,17 @@ import torch
 from ray import serve
 
 from deployments.compositing import mask_to_alpha, paste_back
-from deployments.errors import DiskFull, JobCanceled, JobTimeout, OutOfMemory, ReplicaFailed
+from deployments.errors import AdapterNotDeployed, DiskFull, JobCanceled, JobTimeout, OutOfMemory, ReplicaFailed
 from deployments.faults import FaultSwitch
+from deployments.lora_adapters import LoadedAdapterSet, adapter_set_id
 from deployments.fit_plans import check_request_fits, write_fit_plan
 from deployments.generation import GenerationRunner
 from deployments.job_inputs import PreparedInputs
 from deployments.jobs import OUTPUT_EXTENSIONS, JobResult, JobSpec, Phase, ProgressEvent
 from deployments.video_io import fit_frames, write_mp4, write_png_zip, write_webm_alpha
 from model_store.loader import load_variant_pipeline
+from model_store.adapters import AdapterNotFound, adapter_for
+from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 
 logger = logging.getLogger("ray.serve")
@@ -61,6 +64,7 @@ class Generator:
         output_dir: folder the MP4 files are written to (shared with the ingress).
         fault_file: JSON file of injected faults (deployments/faults.py); None disables them.
         fit_dir: folder to write this variant's fit plan to, for the router (deployments/fit_plans.py).
+        model_dir: the model store (weights and loras/); None: WAN_SERVE_MODEL_DIR or ./models.
 
     Raises (from the constructor, which Ray Serve reports as the deployment's status message):
         TimeoutError: loading and warming up took longer than ``timeouts.load_s``.
@@ -69,10 +73,11 @@ class Generator:
     """
 
     def __init__(self, variant: VariantConfig, output_dir: str, fault_file: str | None = None,
-                 fit_dir: str | None = None) -> None:
+                 fit_dir: str | None = None, model_dir: str | None = None) -> None:
         if variant.deployment.torch_threads:
             torch.set_num_threads(variant.deployment.torch_threads)
         self.variant = variant
+        self.store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.faults = FaultSwitch(fault_file, variant.name)
@@ -82,7 +87,7 @@ class Generator:
         t0 = time.perf_counter()
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         try:
-            loaded = pool.submit(load_variant_pipeline, variant).result(timeout=variant.timeouts.load_s)
+            loaded = pool.submit(load_variant_pipeline, variant, self.store).result(timeout=variant.timeouts.load_s)
             self.runner = GenerationRunner(variant, loaded.pipe, loaded.prompt_pipe)
             self.fit = loaded.fit if variant.memory.fit_check else None
             if self.fit is not None and fit_dir is not None:
@@ -97,6 +102,11 @@ class Generator:
                                "check the weights' disk or network, or raise the limit in its config") from None
         finally:
             pool.shutdown(wait=False)
+        # LoRA adapter sets as Ray Serve multiplexed models: an LRU of deployment.max_loaded_adapters per
+        # replica, and the router's handle routes a job to a replica that has its set. Wrapped here, not
+        # with the decorator on the class, so the LRU size comes from the variant's config.
+        self._adapter_set = serve.multiplexed(max_num_models_per_replica=variant.deployment.max_loaded_adapters)(
+            Generator._adapter_set)
         # One pipeline, one job: also held while a canceled job's thread finishes its step.
         self._busy = asyncio.Lock()
         # Results of recent jobs: a job dispatched again (its router restarted while it ran here)
@@ -106,9 +116,24 @@ class Generator:
                     self.load_seconds, self.warmup_seconds)
 
     def info(self) -> dict:
-        """Variant, device and timings of this replica (seconds)."""
+        """Variant, device, timings (seconds), loaded LoRA adapters and the fit plan of this replica."""
         return {"variant": self.variant.name, "gpu_id": self.gpu_id, "load_seconds": self.load_seconds,
-                "warmup_seconds": self.warmup_seconds}
+                "warmup_seconds": self.warmup_seconds, "adapters": self.runner.adapters.loaded,
+                "fit": self.fit.model_dump() if self.fit is not None else None}
+
+    async def _adapter_set(self, set_id: str) -> LoadedAdapterSet:
+        """Load the adapters of ``set_id`` (names joined by '+'); called through the multiplexing LRU.
+
+        Raises:
+            AdapterNotDeployed: an adapter left the model store after the job was accepted.
+            WeightsCorrupt: an adapter's files differ from its manifest.
+        """
+        try:
+            infos = [adapter_for(name, self.variant, self.store) for name in set_id.split("+")]
+        except AdapterNotFound as exc:
+            raise AdapterNotDeployed(str(exc), field="loras") from None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, LoadedAdapterSet, self.runner.adapters, infos)
 
     def process_info(self) -> dict:
         """``{"pid": ...}`` of this replica's process (fault tests kill it with os.kill)."""
@@ -257,6 +282,9 @@ class Generator:
             if earlier is not None and (self.output_dir / earlier.filename).is_file():
                 yield earlier
                 return
+            set_id = adapter_set_id([lora.name for lora in spec.params.loras])
+            # Held for the job: the LRU only evicts while loading another set, which waits for _busy.
+            adapters = await self._adapter_set(self, set_id) if set_id else None  # noqa: F841
             future = loop.run_in_executor(None, work)
             try:
                 while True:

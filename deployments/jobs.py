@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.job_inputs import JobInputs
 from model_store.variants import Size
@@ -42,6 +42,16 @@ class Phase(str, Enum):
     encoding_video = "encoding_video"
 
 
+class LoraRef(BaseModel):
+    """One LoRA adapter a request applies, from the model store's loras/ folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="Adapter name (its folder under loras/).")
+    scale: float = Field(default=1.0, ge=-4.0, le=4.0, description="Strength: 1 as trained, 0 off; "
+                         "beyond +-4 outputs break down, so larger values are refused.")
+
+
 class GenerationParams(BaseModel):
     """Fully resolved pipeline inputs (no defaults left to fill in)."""
 
@@ -54,6 +64,7 @@ class GenerationParams(BaseModel):
     guidance_scale: float = Field(description="Classifier-free guidance scale (the high-noise expert's on A14B).")
     guidance_scale_2: float | None = Field(default=None, description="Low-noise expert's guidance scale (A14B only).")
     seed: int = Field(description="Seed of the CPU torch.Generator that draws the initial latents.")
+    loras: list[LoraRef] = Field(default=[], description="LoRA adapters applied to this job, with their scales.")
 
 
 #: Webhook event types (Standard Webhooks ``type``; the names follow OpenAI's ``video.completed``

@@ -31,6 +31,7 @@ from deployments.errors import (
     unwrap,
 )
 from deployments.fit_plans import FitPlanCache, check_request_fits
+from deployments.lora_adapters import adapter_set_id
 from deployments.job_inputs import kept_for_remix, remove_inputs
 from deployments.job_store import JobRecord, JobStore
 from deployments.jobs import JobResult, JobSpec, JobStatus, Phase, ProgressEvent, job_progress
@@ -285,7 +286,10 @@ class Router:
         self._update(spec.id, status=JobStatus.running, phase=Phase.loading.value, started_at=started,
                      attempts=attempts)
         try:
-            run.stream = self.generators[spec.variant].options(stream=True).generate.remote(spec)
+            # A job with LoRA adapters goes to a replica that already has its set loaded (multiplexing).
+            set_id = adapter_set_id([lora.name for lora in spec.params.loras])
+            run.stream = self.generators[spec.variant].options(stream=True, multiplexed_model_id=set_id
+                                                               ).generate.remote(spec)
             async for item in run.stream:
                 if run.canceled:
                     break

@@ -32,13 +32,13 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2"
 _KEPT = ("patch_embedding", "condition_embedder", "norm", "shared", "embed_tokens", "relative_attention_bias",
          "scale_shift_table")
 
-#: Transformer activation bytes per token, per unit of hidden width (d) and of feed-forward width
-#: (ffn): the residual stream and its fp32 norms (Wan keeps norm1-3 in fp32: diffusers
-#: _keep_in_fp32_modules), q/k/v and the attention output, and the feed-forward's two
-#: intermediates. Counted from diffusers' WanTransformerBlock.forward; checked against the peak
-#: RSS of bench/memory.py (docs/performance.md).
-TOKEN_BYTES_PER_HIDDEN = 28
-TOKEN_BYTES_PER_FFN = 6
+#: Hidden-width (d) tensors per token alive at a transformer block's peak: the residual stream,
+#: its fp32 norm (two elements' worth: diffusers keeps Wan's norm1-3 in fp32), q, k, v, the
+#: attention output and the gated residual. Counted from diffusers' WanTransformerBlock.forward;
+#: compared with measured peaks by bench/memory.py (docs/performance.md).
+HIDDEN_TENSORS = 8
+#: Feed-forward-width (ffn) tensors per token at the peak: the up projection and its GELU.
+FFN_TENSORS = 2
 
 #: VAE decode: feature maps alive at once at the decoder's widest resolution, in units of
 #: (chunk frames x height x width x channels), counted from diffusers' AutoencoderKLWan decoder
@@ -165,7 +165,7 @@ class FitPlan(BaseModel):
         """Peak activation bytes of one job: the larger of a transformer forward and the VAE decode
         (they never overlap), plus the decoded video in float32 (and its uint8 copy)."""
         transformer = self.tokens(width, height, num_frames) * (
-            TOKEN_BYTES_PER_HIDDEN * self.hidden + TOKEN_BYTES_PER_FFN * self.ffn) * self.act_bytes // 4
+            HIDDEN_TENSORS * self.hidden + FFN_TENSORS * self.ffn) * self.act_bytes
         pixels = (height // self.vae_pixel_stride) * (width // self.vae_pixel_stride)
         vae = VAE_LIVE_MAPS * VAE_CHUNK_FRAMES * pixels * self.vae_channels * self.vae_bytes
         video = num_frames * height * width * 3 * (4 + 1)
@@ -225,23 +225,45 @@ def describe_mode(memory: MemoryConfig) -> str:
 _BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
-def plan_fit(variant, folder: Path, budget_bytes: int, device: str, memory: MemoryConfig | None = None) -> FitPlan:
-    """The FitPlan of ``variant`` (a VariantConfig) with weights in ``folder``, in ``memory`` (default:
-    the variant's own mode), for a device with ``budget_bytes`` to give.
+class WeightsLayout(BaseModel):
+    """What the fit check needs of a variant's weights: each component's tensors, and the
+    transformer's and VAE's configs (their config.json)."""
+
+    tensors: dict[str, list[TensorInfo]] = Field(description="Component -> its tensors.")
+    transformer_config: dict
+    vae_config: dict
+
+
+def read_layout(folder: Path) -> WeightsLayout:
+    """The WeightsLayout of a diffusers folder, from model_index.json, the configs and the
+    safetensors headers.
+
+    Raises:
+        OSError, ValueError: a config or a header cannot be read.
+    """
+    index = json.loads((folder / "model_index.json").read_text())
+    tensors = {name: read_tensors(folder / name) for name in ("transformer", "transformer_2", "text_encoder", "vae")
+               if isinstance(index.get(name), list) and index[name][0] is not None}
+    return WeightsLayout(tensors=tensors, transformer_config=json.loads((folder / "transformer" / "config.json").read_text()),
+                         vae_config=json.loads((folder / "vae" / "config.json").read_text()))
+
+
+def plan_fit(variant, weights: Path | WeightsLayout, budget_bytes: int, device: str,
+             memory: MemoryConfig | None = None) -> FitPlan:
+    """The FitPlan of ``variant`` (a VariantConfig) with its weights (a diffusers folder, or their
+    layout), in ``memory`` (default: the variant's own mode), for a device with ``budget_bytes``.
 
     Raises:
         OSError, ValueError: a component's config or safetensors header cannot be read.
     """
+    layout = weights if isinstance(weights, WeightsLayout) else read_layout(weights)
     memory = memory or variant.memory
     compute, vae_b = _BYTES[variant.torch_dtype], _BYTES[variant.vae_dtype]
-    index = json.loads((folder / "model_index.json").read_text())
     weights: dict[str, ComponentWeights] = {}
-    for name in ("transformer", "transformer_2", "text_encoder", "vae"):
-        if isinstance(index.get(name), list) and index[name][0] is not None:
-            fmt = {"vae": "none", "text_encoder": memory.text_encoder_format}.get(name, memory.quantization)
-            weights[name] = price(read_tensors(folder / name), fmt, vae_b if name == "vae" else compute)
-    t = json.loads((folder / "transformer" / "config.json").read_text())
-    v = json.loads((folder / "vae" / "config.json").read_text())
+    for name, tensors in layout.tensors.items():
+        fmt = {"vae": "none", "text_encoder": memory.text_encoder_format}.get(name, memory.quantization)
+        weights[name] = price(tensors, fmt, vae_b if name == "vae" else compute)
+    t, v = layout.transformer_config, layout.vae_config
     mult = v.get("dim_mult") or [1]
     patchify = v.get("patch_size") or 1
     return FitPlan(
@@ -268,12 +290,13 @@ _ALTERNATIVES: tuple[tuple[str, dict], ...] = (
 )
 
 
-def suggestions(variant, folder: Path, budget_bytes: int, device_info, width: int, height: int,
+def suggestions(variant, weights: Path | WeightsLayout, budget_bytes: int, device_info, width: int, height: int,
                 num_frames: int) -> list[str]:
     """Up to three alternative modes that would fit a job of this size and that ``device_info``
     (a DeviceInfo) can run, fastest first."""
     from model_store.memory_modes import ModeRefused, check_mode
 
+    layout = weights if isinstance(weights, WeightsLayout) else read_layout(weights)
     found = []
     for words, change in _ALTERNATIVES:
         try:
@@ -281,7 +304,7 @@ def suggestions(variant, folder: Path, budget_bytes: int, device_info, width: in
             check_mode(memory, device_info, variant.name)
         except (ValueError, ModeRefused):
             continue
-        if plan_fit(variant, folder, budget_bytes, device_info.name, memory).fits(width, height, num_frames):
+        if plan_fit(variant, layout, budget_bytes, device_info.name, memory).fits(width, height, num_frames):
             found.append(words)
         if len(found) == 3:
             break

@@ -8,14 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
 import diffusers
 import torch
 
-from model_store.fit_check import GIB, FitPlan, gib, plan_fit, suggestions
+from model_store.hub import local_folder, pull
+from model_store.weights_manifest import check_before_load, read_manifest
+from model_store.fit_check import GIB, FitPlan, gib, plan_fit, read_layout, suggestions
 from model_store.memory_modes import (DeviceInfo, apply_fp8_storage, check_mode, place, probe_device,
                                       quantization_config)
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -68,12 +74,13 @@ def check_fit(variant: VariantConfig, folder: Path, device_info: DeviceInfo) -> 
     """
     memory = variant.memory
     budget = int(memory.budget_gib * GIB) if memory.budget_gib else device_info.free_bytes
-    plan = plan_fit(variant, folder, budget, device_info.describe())
+    layout = read_layout(folder)
+    plan = plan_fit(variant, layout, budget, device_info.describe())
     size = next(iter(variant.native_sizes.values()))
     frames = variant.defaults.num_frames
     if memory.fit_check and not plan.fits(size.width, size.height, frames):
         what = "free" if not memory.budget_gib else "in its budget (memory.budget_gib)"
-        better = suggestions(variant, folder, budget, device_info, size.width, size.height, frames)
+        better = suggestions(variant, layout, budget, device_info, size.width, size.height, frames)
         advice = (" or ".join(better) + " would fit") if better else "no memory mode fits it on this device"
         raise WontFit(
             f"variant {variant.name} ({plan.mode}) needs {gib(plan.peak_bytes(size.width, size.height, frames))} "
@@ -85,8 +92,9 @@ def check_fit(variant: VariantConfig, folder: Path, device_info: DeviceInfo) -> 
 def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None = None) -> LoadedVariant:
     """Load ``variant``'s pipeline with ``from_pretrained`` in its memory mode and place it.
 
-    Steps: 1. refuse a memory mode the device cannot run, and a variant whose default request
-    would not fit (the fit check); 2. load, quantizing per the mode
+    Steps: 1. refuse a memory mode the device cannot run; pull missing weights into the model
+    store; check the files against their manifest; refuse a variant whose default request would
+    not fit (the fit check); 2. load, quantizing per the mode
     (torchao or bitsandbytes); 3. check the weights are this variant's (boundary_ratio);
     4. fp8 storage, text encoder placement, offload or device placement, VAE tiling.
 
@@ -96,6 +104,9 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     Raises:
         ModeRefused: the memory mode cannot run on this replica's device.
         WontFit: the fit check's estimate is over the device's free memory (or memory.budget_gib).
+        WeightsCorrupt: a file listed in the weights' manifest is missing, resized or altered; checked
+            before any weights are read into memory.
+        HubUnreachable: the weights are not in the model store and the hub cannot be reached.
         FileNotFoundError: a local-only variant whose folder is missing.
         OSError: from_pretrained could not find or read the weights.
         ValueError: the weights' boundary_ratio is not the one the variant config states
@@ -106,8 +117,20 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     memory = variant.memory
     device_info = probe_device(device)
     check_mode(memory, device_info, variant.name)
+    folder = local_folder(variant, settings)
+    if folder is not None and variant.weights.repo_id and (
+            not folder.is_dir() or (read_manifest(folder) is None and (folder / ".cache" / "huggingface").is_dir())):
+        # Missing, or a download that stopped before its manifest: fetch (resuming) into the store.
+        logger.info("variant %s: weights not in the model store; pulling %s", variant.name, variant.weights.repo_id)
+        pull(variant, settings)
     location = variant.weights_location(settings)
-    fit = check_fit(variant, Path(location), device_info) if Path(location).is_dir() else None
+    fit = None
+    if Path(location).is_dir():
+        fix = ("rebuild it: wan-serve models build-tiny --force" if variant.twin_of else
+               f"`wan-serve models verify {variant.name}` lists the bad files; `wan-serve models pull "
+               f"{variant.name}` fetches a good copy")
+        check_before_load(Path(location), f"variant {variant.name}", fix)
+        fit = check_fit(variant, Path(location), device_info)
 
     # 2. Load, quantizing while loading where the mode says so.
     pipeline_cls = getattr(diffusers, variant.pipeline_class)

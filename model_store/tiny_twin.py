@@ -24,6 +24,7 @@ import torch
 
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig, load_variant
+from model_store.weights_manifest import read_manifest, write_manifest
 
 # Words that get their own tokenizer piece; everything else falls back to characters.
 _TOKENIZER_WORDS = (
@@ -224,12 +225,15 @@ def save_tiny_twin(variant: VariantConfig, settings: StoreSettings | None = None
     if not target.is_absolute():
         target = settings.model_dir / target
     if (target / "model_index.json").is_file() and not force:
+        if read_manifest(target) is None:  # built before manifests existed
+            write_manifest(target, variant.name, "tiny")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     pipe = TINY_BUILDERS[variant.name](seed)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        write_manifest(tmp, variant.name, "tiny")
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

@@ -78,6 +78,9 @@ class DeploymentOptions(BaseModel):
     num_gpus: float = Field(default=0, ge=0, description="ray_actor_options.num_gpus per replica: 1 on GPU, 0 on CPU.")
     num_cpus: float = Field(default=1, ge=0, description="ray_actor_options.num_cpus per replica.")
     torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads in the replica; None keeps torch's default.")
+    max_loaded_adapters: int = Field(
+        default=4, ge=1, description="LoRA adapter sets a replica keeps loaded (Ray Serve multiplexing LRU); "
+        "jobs go to a replica that has their set. A rank-64 LoRA of a 14B expert is a few hundred MB.")
 
 
 class Timeouts(BaseModel):

@@ -15,6 +15,7 @@ from deployments.circuit_breaker import CircuitConfig
 from deployments.generator import Generator
 from deployments.router import Router, RouterConfig
 from deployments.webhooks import WebhookConfig, check_secret, load_or_create_secret
+from model_store.settings import StoreSettings
 from model_store.variants import load_variant
 from deployments.replica_status import generator_deployment_name
 from serve_app.ingress import Ingress
@@ -48,6 +49,9 @@ class AppArgs(BaseModel):
     overrides: dict[str, dict] = Field(
         default={}, description="Per variant, keys merged into configs/<variant>.yaml before validation, e.g. "
         "{ti2v-5b: {timeouts: {generate_s: 600}}}.")
+    model_dir: Path | None = Field(
+        default=None, description="Model store folder (variant weights and loras/); default WAN_SERVE_MODEL_DIR "
+        "or ./models. Relative local_paths in variant configs resolve against it.")
     fault_file: Path | None = Field(
         default=None, description="Fault injection for tests and chaos drills (deployments/faults.py): the JSON "
         "file each generator reads at every step. Leave unset in production.")
@@ -81,7 +85,8 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     unknown = sorted(set(args.overrides) - set(args.variants))
     if unknown:
         raise ValueError(f"overrides name variants that are not deployed: {unknown}")
-    configs = {name: load_variant(name, overrides=args.overrides.get(name)) for name in args.variants}
+    store = StoreSettings(**({"model_dir": args.model_dir.resolve()} if args.model_dir else {}))
+    configs = {name: load_variant(name, store, overrides=args.overrides.get(name)) for name in args.variants}
     fault_file = str(args.fault_file) if args.fault_file else None
     generators = {
         name: Generator.options(
@@ -90,7 +95,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             ray_actor_options={"num_gpus": cfg.deployment.num_gpus, "num_cpus": cfg.deployment.num_cpus},
             # A replica being stopped (scale-down, redeploy) finishes its job first.
             graceful_shutdown_timeout_s=cfg.longest_job_s,
-        ).bind(cfg, str(output_dir), fault_file, str(data_dir / "fit"))
+        ).bind(cfg, str(output_dir), fault_file, str(data_dir / "fit"), str(store.model_dir))
         for name, cfg in configs.items()
     }
     retention_days = args.retention_days or settings.retention_days
@@ -115,4 +120,4 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         generators,
     )
     return Ingress.bind(router, configs, args.default_variant or args.variants[0], str(inputs_dir),
-                        args.webhooks.allow_networks, retention_days)
+                        args.webhooks.allow_networks, retention_days, str(store.model_dir))

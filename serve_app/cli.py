@@ -14,26 +14,152 @@ app.add_typer(models, name="models")
 
 @models.command("build-tiny")
 def build_tiny(force: bool = typer.Option(False, help="Rebuild even if the folder exists.")) -> None:
-    """Build the tiny random-weight twins (diffusers layout) under WAN_SERVE_MODEL_DIR."""
+    """Build the tiny random-weight twins (diffusers layout, with a manifest) under WAN_SERVE_MODEL_DIR."""
     from model_store.tiny_twin import ensure_tiny_twins
 
     for path in ensure_tiny_twins(force=force):
         typer.echo(f"{path.name}: {path}")
 
 
-@models.command("list")
-def list_models() -> None:
-    """Variants in configs/: task, pipeline class, and where their weights come from (revision)."""
-    from model_store.variants import list_variants, load_variant
+def _variant(name: str):
+    from model_store.variants import VariantNotFound, load_variant
 
-    for name in list_variants():
-        v = load_variant(name)
-        try:
-            where = v.weights_location()
-        except FileNotFoundError:
-            where = "missing (build-tiny)"
-        revision = f"@{v.weights.revision[:12]}" if where == v.weights.repo_id and v.weights.revision else ""
-        typer.echo(f"{name:16} {v.task:5} {v.pipeline_class:24} {where}{revision}")
+    try:
+        return load_variant(name)
+    except VariantNotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _verified_state(folder: Path) -> str:
+    """'verified', 'changed since verified', 'no manifest' or 'missing', without hashing."""
+    import json
+
+    from model_store.weights_manifest import STAT_NAME, read_manifest
+
+    if not folder.is_dir():
+        return "missing"
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return "no manifest"
+    try:
+        stats = json.loads((folder / STAT_NAME).read_text())
+    except (OSError, ValueError):
+        stats = {}
+    for rel in manifest.files:
+        path = folder / rel
+        if not path.is_file():
+            return "files missing"
+        st = path.stat()
+        if stats.get(rel) != [st.st_size, st.st_mtime_ns, st.st_ino]:
+            return "changed since verified"
+    return "verified"
+
+
+@models.command("list")
+def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for newer revisions.")) -> None:
+    """Variants and adapters: where their weights are, revision, size on disk, verified or not, and
+    (online) whether the hub has a newer revision."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from model_store.adapters import list_adapters
+    from model_store.fit_check import GIB
+    from model_store.hub import hub_revision, local_folder
+    from model_store.variants import list_variants, load_variant
+    from model_store.weights_manifest import disk_bytes
+
+    variants = [load_variant(n) for n in list_variants()]
+    repos = sorted({v.weights.repo_id for v in variants if v.weights.repo_id})
+    latest: dict[str, str | None] = {}
+    if not offline and repos:
+        with ThreadPoolExecutor(len(repos)) as pool:
+            latest = dict(zip(repos, pool.map(hub_revision, repos)))
+    table = Table("variant", "task", "weights", "revision", "size", "state", "hub", box=None, pad_edge=False)
+    for v in variants:
+        folder = local_folder(v)
+        where = str(folder) if folder is not None and folder.is_dir() else (v.weights.repo_id or str(folder))
+        revision = (v.weights.revision or "")[:12] or ("built here" if v.twin_of else "-")
+        hub = "-"
+        if v.weights.repo_id:
+            newest = latest.get(v.weights.repo_id)
+            hub = ("not asked" if offline else "unreachable" if newest is None else
+                   "up to date" if newest == v.weights.revision else f"newer: {newest[:12]}")
+        size = disk_bytes(folder) if folder is not None else 0
+        table.add_row(v.name, v.task, where, revision, f"{size / GIB:.2f} GiB" if size else "-",
+                      _verified_state(folder) if folder is not None else "-", hub)
+    Console(width=200).print(table)
+    adapters = list_adapters()
+    if adapters:
+        t = Table("adapter", "base", "experts", "size", "state", box=None, pad_edge=False)
+        for a in adapters:
+            t.add_row(a.name, a.base, ", ".join(a.experts), f"{disk_bytes(a.folder) / 2**20:.1f} MiB",
+                      _verified_state(a.folder))
+        Console(width=200).print(t)
+
+
+@models.command("pull")
+def pull_model(variant: str = typer.Argument(..., help="Variant name, e.g. ti2v-5b.")) -> None:
+    """Download VARIANT's weights at its pinned revision into the model store (resumable, retried),
+    then write their sha256 manifest."""
+    from model_store.hub import HubUnreachable, pull
+
+    v = _variant(variant)
+    try:
+        manifest = pull(v)
+    except (HubUnreachable, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{v.name}: {len(manifest.files)} files, {manifest.size_bytes / 2**30:.2f} GiB at "
+               f"{manifest.repo_id}@{manifest.revision}")
+
+
+@models.command("verify")
+def verify_model(name: str = typer.Argument(..., help="Variant or adapter name.")) -> None:
+    """Re-hash every file of NAME's weights against its manifest; exit status 1 when one differs."""
+    from model_store.adapters import adapter_folder
+    from model_store.hub import local_folder
+    from model_store.variants import list_variants
+    from model_store.weights_manifest import WeightsCorrupt, read_manifest, verify
+
+    folder = local_folder(_variant(name)) if name in list_variants() else adapter_folder(name)
+    if folder is None or not folder.is_dir():
+        typer.echo(f"error: {name} has no weights in the model store (pull or build them first)", err=True)
+        raise typer.Exit(1)
+    try:
+        problems = verify(folder)
+    except WeightsCorrupt as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for problem in problems:
+        typer.echo(f"BAD {problem}")
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{name}: {len(read_manifest(folder).files)} files match their sha256")
+
+
+@models.command("rm")
+def remove_model(name: str = typer.Argument(..., help="Variant or adapter name."),
+                 yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> None:
+    """Delete NAME's weights folder from the model store (the config stays)."""
+    import shutil
+
+    from model_store.adapters import adapter_folder
+    from model_store.hub import local_folder
+    from model_store.variants import list_variants
+    from model_store.weights_manifest import disk_bytes
+
+    folder = local_folder(_variant(name)) if name in list_variants() else adapter_folder(name)
+    if folder is None or not folder.is_dir():
+        typer.echo(f"{name}: nothing to remove")
+        return
+    size = disk_bytes(folder) / 2**30
+    if not yes and not typer.confirm(f"delete {folder} ({size:.2f} GiB)?"):
+        raise typer.Exit(1)
+    shutil.rmtree(folder)
+    typer.echo(f"{name}: removed {folder} ({size:.2f} GiB)")
 
 
 @app.command("render-config")
@@ -49,3 +175,7 @@ def render_config(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     typer.echo(str(out))
+
+
+if __name__ == "__main__":
+    app()

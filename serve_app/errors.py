@@ -23,6 +23,7 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
     e.ValidationFailed: 422,
     e.QueueFull: 429,
     e.VariantNotDeployed: 404,
+    e.AdapterNotDeployed: 404,
     e.JobNotFound: 404,
     e.FileNotFoundForJob: 404,
     e.FilenameTaken: 409,

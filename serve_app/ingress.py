@@ -18,6 +18,7 @@ from deployments.jobs import JobStatus
 from deployments.replica_status import generator_statuses
 from deployments.router import JobView
 from model_store.variants import VariantConfig
+from model_store.settings import StoreSettings
 from serve_app import errors
 from serve_app.filenames import RESULT_EXTENSIONS, sanitize_filename
 from serve_app.protocol import (
@@ -91,9 +92,10 @@ class Ingress:
 
     def __init__(self, router: DeploymentHandle, variants: dict[str, VariantConfig], default_variant: str,
                  inputs_dir: str, webhook_allow_networks: list[str] | None = None,
-                 retention_days: float | None = None) -> None:
+                 retention_days: float | None = None, model_dir: str | None = None) -> None:
         self.router = router
-        self.jobs = JobService(variants, default_variant, webhook_allow_networks)
+        store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
+        self.jobs = JobService(variants, default_variant, webhook_allow_networks, store=store)
         self.videos = VideosService(self.jobs, retention_days)
         self.inputs_dir = Path(inputs_dir)
 

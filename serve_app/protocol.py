@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from deployments.job_store import WebhookMessage
-from deployments.jobs import DEFAULT_WEBHOOK_EVENTS, JobStatus, WebhookEvent, WebhookSpec
+from deployments.jobs import DEFAULT_WEBHOOK_EVENTS, JobStatus, LoraRef, WebhookEvent, WebhookSpec
 from deployments.webhook_guard import MAX_URL_LENGTH
 
 
@@ -17,6 +18,21 @@ def _comma_list(value):
 
 
 WebhookEvents = Annotated[list[WebhookEvent], BeforeValidator(_comma_list)]
+
+
+def _json_list(value):
+    """Form fields carry a list of objects as JSON text; JSON bodies as an array."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError('loras must be a JSON array like [{"name": "my-style", "scale": 0.8}]') from None
+    return value
+
+
+#: LoRA adapters one request may apply at once.
+MAX_LORAS = 4
+Loras = Annotated[list[LoraRef], BeforeValidator(_json_list), Field(max_length=MAX_LORAS)]
 
 ApiSize = Literal["1280x720", "720x1280", "832x480", "480x832"]
 
@@ -69,6 +85,10 @@ class GenerateRequest(BaseModel):
         default=None, description="Event types to send: video.completed, video.failed, video.canceled, "
         f"video.progress (at most one every 2 s by default). Default: {', '.join(DEFAULT_WEBHOOK_EVENTS)}. "
         "A form field takes them comma-separated.")
+    loras: Loras | None = Field(
+        default=None, description=f"LoRA adapters from the model store, at most {MAX_LORAS}: "
+        '[{"name": "my-style", "scale": 0.8}] (scale defaults to 1). Unknown adapters get 404 before queueing. '
+        "A form field takes the same JSON text.")
 
 
 class GenerateAccepted(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
-from deployments.errors import ValidationFailed, VariantNotDeployed
+from deployments.errors import AdapterNotDeployed, ValidationFailed, VariantNotDeployed
 from deployments.job_inputs import PreparedInputs
 from deployments.jobs import (
     DEFAULT_WEBHOOK_EVENTS,
@@ -16,12 +16,15 @@ from deployments.jobs import (
     GenerationParams,
     JobSpec,
     JobStatus,
+    LoraRef,
     WebhookSpec,
     file_url,
     job_progress,
 )
 from deployments.router import JobView
 from deployments.webhook_guard import Resolver, check_webhook_url, system_resolve
+from model_store.adapters import AdapterNotFound, adapter_for, list_adapters
+from model_store.settings import StoreSettings
 from model_store.variants import Size, VariantConfig
 from serve_app.filenames import sanitize_filename
 from serve_app.media_inputs import Upload, prepare_media
@@ -32,7 +35,9 @@ class JobService:
     """Validates requests against the deployed variants and builds what the router needs."""
 
     def __init__(self, variants: dict[str, VariantConfig], default_variant: str,
-                 webhook_allow_networks: list[str] | None = None, resolve: Resolver = system_resolve) -> None:
+                 webhook_allow_networks: list[str] | None = None, resolve: Resolver = system_resolve,
+                 store: StoreSettings | None = None) -> None:
+        self.store = store or StoreSettings()
         self.variants = variants
         self.default_variant = default_variant
         self.webhook_allow_networks = list(webhook_allow_networks or [])
@@ -77,9 +82,11 @@ class JobService:
             ValidationFailed: size, frames, steps or output format outside what the variant allows;
                 a bad filename; a missing or unexpected upload (and its subclasses for bad media).
             WebhookRefused: a webhook_url the SSRF guard refuses.
+            AdapterNotDeployed: a LoRA adapter the model store lacks for this variant.
         """
         variant = self.variant_for(req.variant)
         webhook = self.webhook_spec(req.webhook_url, req.webhook_events)
+        loras = self.check_loras(variant, req.loras or [])
         d, limits = variant.defaults, variant.limits
         if req.output_format != "mp4" and variant.task != "vace":
             raise ValidationFailed(
@@ -114,6 +121,7 @@ class JobService:
             guidance_scale_2=(req.guidance_scale_2 if req.guidance_scale_2 is not None else d.guidance_scale_2)
             if variant.boundary_ratio is not None else None,
             seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
+            loras=loras,
         )
         extension = OUTPUT_EXTENSIONS[req.output_format]
         spec = JobSpec(
@@ -127,6 +135,26 @@ class JobService:
             webhook=webhook,
         )
         return spec, media.inputs
+
+    def check_loras(self, variant: VariantConfig, loras: list[LoraRef]) -> list[LoraRef]:
+        """The request's adapters, each present in the model store for ``variant`` (adapter.yaml's base).
+
+        Raises:
+            AdapterNotDeployed: unknown, or for another variant; the message lists the ones there are.
+            ValidationFailed: the same adapter named twice.
+        """
+        names = [lora.name for lora in loras]
+        if len(set(names)) != len(names):
+            raise ValidationFailed("loras names an adapter twice; give each adapter once, with one scale",
+                                   field="loras")
+        for lora in loras:
+            try:
+                adapter_for(lora.name, variant, self.store)
+            except AdapterNotFound as exc:
+                there = sorted(a.name for a in list_adapters(self.store) if a.base == variant.name)
+                raise AdapterNotDeployed(f"{exc}; adapters for {variant.name}: {', '.join(there) or 'none'}",
+                                         field="loras", adapters=there) from None
+        return loras
 
     @staticmethod
     def _check_frames(variant: VariantConfig, num_frames: int) -> None:

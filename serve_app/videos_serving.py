@@ -64,10 +64,11 @@ class VideosService:
             RequestValidationError, ValidationFailed, VariantNotDeployed: bad fields, as /generate.
         """
         fields = dict(fields)
-        extra = sorted(set(fields) - {"prompt", "model", "seconds", "size", "webhook_url", "webhook_events"})
+        extra = sorted(set(fields) - {"prompt", "model", "seconds", "size", "webhook_url", "webhook_events",
+                                     "loras"})
         if extra:
             raise ValidationFailed(f"unknown field {extra[0]!r}; /v1/videos takes prompt, model, seconds, size, "
-                                   "input_reference, and (beyond OpenAI's fields) webhook_url and webhook_events",
+                                   "input_reference, and (beyond OpenAI's fields) webhook_url, webhook_events and loras",
                                    field=extra[0])
         variant = self.jobs.variant_for(fields.pop("model", None) or None)
         seconds = fields.pop("seconds", None)
