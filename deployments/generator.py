@@ -106,7 +106,7 @@ class Generator:
         # replica, and the router's handle routes a job to a replica that has its set. Wrapped here, not
         # with the decorator on the class, so the LRU size comes from the variant's config.
         self._adapter_set = serve.multiplexed(max_num_models_per_replica=variant.deployment.max_loaded_adapters)(
-            Generator._adapter_set)
+            type(self)._adapter_set)
         # One pipeline, one job: also held while a canceled job's thread finishes its step.
         self._busy = asyncio.Lock()
         # Results of recent jobs: a job dispatched again (its router restarted while it ran here)

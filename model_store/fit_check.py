@@ -312,6 +312,8 @@ def suggestions(variant, weights: Path | WeightsLayout, budget_bytes: int, devic
 
 
 def gib(n: float) -> str:
-    """Bytes as GiB with one decimal below 10 GiB, e.g. ``~6.2 GiB``, ``~62 GiB``."""
+    """Bytes for humans: ``~62 GiB``, ``~6.2 GiB``, below 1 GiB ``~310 MiB``."""
     value = n / GIB
-    return f"~{value:.1f} GiB" if value < 10 else f"~{value:.0f} GiB"
+    if value >= 10:
+        return f"~{value:.0f} GiB"
+    return f"~{value:.1f} GiB" if value >= 1 else f"~{n / 2**20:.0f} MiB"
