@@ -7,7 +7,7 @@ DASHBOARD_PORT ?= 8265
 STAMP := $(VENV)/.installed-stamp
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install tiny serve test soak test-gpu bench bench-recovery clean
+.PHONY: install tiny serve test soak test-gpu bench bench-recovery bench-memory clean
 
 # torch is pinned and installed first: this machine has a CPU wheel of torch 2.13.0 on disk,
 # and an unpinned torch would pull several GB of CUDA packages.
@@ -48,6 +48,10 @@ bench: tiny
 # Recovery times after a router kill, a generator crash and a CUDA-style error (issue 5).
 bench-recovery: tiny
 	$(PY) bench/recovery.py --rounds 2
+
+# Weight bytes and peak memory per memory mode beside the fit check's estimates (issue 4).
+bench-memory: $(STAMP)
+	$(PY) bench/memory.py --doc docs/performance.md
 
 clean:
 	rm -rf .run var models

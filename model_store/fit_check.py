@@ -32,11 +32,13 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2"
 _KEPT = ("patch_embedding", "condition_embedder", "norm", "shared", "embed_tokens", "relative_attention_bias",
          "scale_shift_table")
 
-#: Hidden-width (d) tensors per token alive at a transformer block's peak: the residual stream,
-#: its fp32 norm (two elements' worth: diffusers keeps Wan's norm1-3 in fp32), q, k, v, the
-#: attention output and the gated residual. Counted from diffusers' WanTransformerBlock.forward;
-#: compared with measured peaks by bench/memory.py (docs/performance.md).
-HIDDEN_TENSORS = 8
+#: Hidden-width (d) tensors per token alive at a transformer block's peak, in compute-dtype
+#: elements: the residual stream, its fp32 norm (two elements' worth: diffusers keeps Wan's
+#: norm1-3 in fp32), q, k, v, the attention output and the gated residual (8), plus the fp32
+#: temporaries of the rotary embedding applied to q and k (4; diffusers' apply_rotary_emb
+#: multiplies bf16 halves by fp32 cos/sin). Counted from diffusers' WanTransformerBlock.forward;
+#: bench/memory.py measures the per-token slope on CPU within a few percent of it (docs/performance.md).
+HIDDEN_TENSORS = 12
 #: Feed-forward-width (ffn) tensors per token at the peak: the up projection and its GELU.
 FFN_TENSORS = 2
 

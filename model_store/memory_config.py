@@ -65,8 +65,8 @@ class MemoryConfig(BaseModel):
         default=None, gt=0, description="Device memory this replica may use, GiB; None: the free memory of its "
         "device at start. Lower it on a GPU shared with other work.")
     margin_gib: float = Field(
-        default=1.0, ge=0, description="Kept free beyond the estimate, GiB: the CUDA context, the allocator's "
-        "fragmentation and the estimate's error.")
+        default=2.0, ge=0, description="Kept free beyond the estimate, GiB: the caching allocator's "
+        "fragmentation (a few percent of an 80 GB device), small buffers the estimate leaves out, and its error.")
     fit_check: bool = Field(
         default=True, description="Check the estimate against the budget before loading, and every request "
         "before queueing it. Off: load and run whatever is asked, and meet out-of-memory errors instead.")

@@ -106,7 +106,7 @@ def check_mode(memory: MemoryConfig, device: DeviceInfo, variant_name: str) -> N
         raise ModeRefused(f"variant {variant_name}: memory mode refused: " + "; ".join(dict.fromkeys(problems)))
 
 
-def _component_config(fmt: Quantization, device: DeviceInfo, compute_dtype: torch.dtype, library: str):
+def component_quantization_config(fmt: Quantization, device: DeviceInfo, compute_dtype: torch.dtype, library: str):
     """The quantization config of one component in ``library`` ('diffusers' or 'transformers'), or None."""
     if fmt in ("none", "fp8_storage"):
         return None
@@ -127,12 +127,12 @@ def quantization_config(memory: MemoryConfig, device: DeviceInfo, compute_dtype:
     from diffusers.quantizers import PipelineQuantizationConfig
 
     mapping = {}
-    transformer = _component_config(memory.quantization, device, compute_dtype, "diffusers")
+    transformer = component_quantization_config(memory.quantization, device, compute_dtype, "diffusers")
     if transformer is not None:
         mapping["transformer"] = transformer
         if has_second_expert:
-            mapping["transformer_2"] = _component_config(memory.quantization, device, compute_dtype, "diffusers")
-    text = _component_config(memory.text_encoder_format, device, compute_dtype, "transformers")
+            mapping["transformer_2"] = component_quantization_config(memory.quantization, device, compute_dtype, "diffusers")
+    text = component_quantization_config(memory.text_encoder_format, device, compute_dtype, "transformers")
     if text is not None:
         mapping["text_encoder"] = text
     return PipelineQuantizationConfig(quant_mapping=mapping) if mapping else None

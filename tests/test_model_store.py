@@ -177,11 +177,15 @@ def test_a14b_in_bf16_does_not_fit_a_40_gib_gpu_and_the_refusal_says_what_would(
     assert message.startswith("variant t2v-a14b (quantization none, offload none) needs ~")
     assert "for its default request (81 frames at 1280x720)" in message
     assert "NVIDIA A100-SXM4-40GB, compute capability 8.0 has ~40 GiB free" in message
-    assert message.endswith(" would fit") and "offload model" in message
+    assert message.endswith(" would fit") and "offload group" in message
     assert "quantization fp8 " not in message  # fp8 cannot run below compute capability 8.9: never suggested
-    # ...and the suggested mode does fit:
-    fits = load_variant("t2v-a14b", overrides={"memory": {"offload": "model"}})
-    assert check_fit(fits, Path("unused"), gpu).fits(1280, 720, 81)
+    # ...and each suggested mode does fit:
+    suggested = message.split(" free: ")[1].removesuffix(" would fit").split(" or ")
+    assert 1 <= len(suggested) <= 3
+    for words in suggested:
+        key, value = words.split(" ")
+        fits = load_variant("t2v-a14b", overrides={"memory": {key: value}})
+        assert check_fit(fits, Path("unused"), gpu).fits(1280, 720, 81), words
 
 
 def test_requests_over_the_budget_are_refused_with_what_fits(tiny_weights):
