@@ -162,6 +162,48 @@ def remove_model(name: str = typer.Argument(..., help="Variant or adapter name."
     typer.echo(f"{name}: removed {folder} ({size:.2f} GiB)")
 
 
+@models.command("plan")
+def plan_model(variant: str = typer.Argument(..., help="Variant name, e.g. t2v-a14b."),
+               budget_gib: float = typer.Option(80.0, help="Device memory to plan for, GiB."),
+               size: str = typer.Option("", help="WIDTHxHEIGHT to price (default: the variant's first native size)."),
+               num_frames: int = typer.Option(0, help="Frames to price (default: the variant's default).")) -> None:
+    """The fit check's estimate for VARIANT in each memory mode, for a device with BUDGET_GIB: from
+    its weights in the store, or (for the real models, without downloading) from their published
+    configs. No GPU needed; device capabilities are not checked here."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from model_store.fit_check import GIB, gib, plan_fit, read_layout
+    from model_store.hub import local_folder
+    from model_store.memory_config import MemoryConfig
+    from model_store.reference_layouts import REFERENCE, reference_layout
+    from model_store.variants import Size
+
+    v = _variant(variant)
+    folder = local_folder(v)
+    if folder is not None and (folder / "model_index.json").is_file():
+        layout, source = read_layout(folder), f"weights in {folder}"
+    elif v.name in REFERENCE:
+        layout, source = reference_layout(v.name), "published configs (not downloaded)"
+    else:
+        typer.echo(f"error: {v.name} has no weights in the store to read", err=True)
+        raise typer.Exit(1)
+    s = Size.parse(size) if size else next(iter(v.native_sizes.values()))
+    frames = num_frames or v.defaults.num_frames
+    modes = [{}, {"quantization": "fp8_storage"}, {"quantization": "int8"}, {"quantization": "nf4"},
+             {"text_encoder_device": "cpu"}, {"quantization": "fp8_storage", "text_encoder_device": "cpu"},
+             {"offload": "model"}, {"offload": "group"}, {"offload": "sequential"}]
+    table = Table("mode", "weights", "on device", "activations", "peak", f"fits {budget_gib:g} GiB", box=None,
+                  pad_edge=False)
+    for change in modes:
+        p = plan_fit(v, layout, int(budget_gib * GIB), "plan", MemoryConfig(**{**v.memory.model_dump(), **change}))
+        table.add_row(p.mode, gib(sum(p.weights_bytes.values())), gib(p.resident_bytes),
+                      gib(p.activation_bytes(s.width, s.height, frames)), gib(p.peak_bytes(s.width, s.height, frames)),
+                      "yes" if p.fits(s.width, s.height, frames) else "no")
+    typer.echo(f"{v.name}, {frames} frames at {s}, from {source}; peak = on device + activations + margin")
+    Console(width=200).print(table)
+
+
 @app.command("render-config")
 def render_config(
     config: Path = typer.Argument(Path("serve_config.yaml"), help="Ray Serve config file."),

@@ -134,6 +134,18 @@ def test_pull_says_when_the_hub_cannot_be_reached(store, monkeypatch):
     assert "Traceback" not in done.output and read_manifest(store / "Wan2.2-TI2V-5B-Diffusers") is None
     twin = runner.invoke(cli, ["models", "pull", "ti2v-5b-tiny"])
     assert twin.exit_code == 1 and "it is a tiny twin: wan-serve models build-tiny" in twin.output
+    listed = runner.invoke(cli, ["models", "list"])  # asks the hub for newer revisions, which it cannot reach
+    assert listed.exit_code == 0
+    assert "unreachable" in next(line for line in listed.output.splitlines() if line.startswith("t2v-a14b "))
+
+
+def test_models_plan_prices_each_mode_without_weights():
+    done = CliRunner().invoke(cli, ["models", "plan", "ti2v-5b", "--budget-gib", "24"])
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("ti2v-5b, 121 frames at 1280x704, from published configs (not downloaded)")
+    rows = {line.split("  ")[0]: line.split() for line in done.output.splitlines()[2:]}
+    assert rows["quantization none, offload none"][-1] == "no"  # ~29 GiB: over a 24 GiB GPU
+    assert rows["quantization none, offload group"][-1] == "yes"
 
 
 # --- the fit check -----------------------------------------------------------------------------

@@ -49,27 +49,31 @@ def reference(tiny_weights):
 
 
 def _capability() -> tuple[int, int]:
-    return tuple(torch.cuda.get_device_capability(0))
+    return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else (0, 0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or _capability() < (8, 9),
-                    reason="fp8 needs compute capability 8.9+ (Ada, Hopper); this GPU has less")
+NO_GPU = "needs a CUDA GPU; none is visible to torch here"
+
+
+@pytest.mark.skipif(_capability() < (8, 9), reason=NO_GPU if not torch.cuda.is_available() else
+                    "fp8 needs compute capability 8.9+ (Ada, Hopper); this GPU has less")
 def test_fp8_torchao_runs_close_to_bf16(reference):
     loaded, frames, _ = generate({"quantization": "fp8", "text_encoder_quantization": "none"})
     assert type(loaded.pipe.transformer.blocks[0].attn1.to_q.weight).__module__.startswith("torchao")
     assert psnr(frames, reference["frames"]) > 30
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or _capability() >= (8, 9),
-                    reason="this GPU runs fp8; the refusal is for GPUs below compute capability 8.9")
+@pytest.mark.skipif(not torch.cuda.is_available() or _capability() >= (8, 9), reason=NO_GPU if not
+                    torch.cuda.is_available() else "this GPU runs fp8; the refusal is for GPUs below compute capability 8.9")
 def test_fp8_is_refused_below_8_9(tiny_weights):
     variant = load_variant(VARIANT, overrides={"device": "cuda", "memory": {"quantization": "fp8"}})
     with pytest.raises(ModeRefused, match="compute capability 8.9"):
         load_variant_pipeline(variant)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
-                    reason="bitsandbytes is not installed (pip install -e '.[gpu]')")
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+                    reason=NO_GPU if not torch.cuda.is_available() else
+                    "bitsandbytes is not installed (pip install -e '.[gpu]')")
 @pytest.mark.parametrize("mode", ["int8", "nf4"])
 def test_bitsandbytes_modes_run_close_to_bf16(reference, mode):
     loaded, frames, _ = generate({"quantization": mode, "text_encoder_quantization": "none"})
