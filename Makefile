@@ -39,7 +39,9 @@ test: tiny
 soak: tiny
 	$(PY) -m pytest -m soak tests
 
+# On a GPU machine: bitsandbytes (the [gpu] extra) for the int8 and nf4 modes, then the CUDA module.
 test-gpu: tiny
+	$(PY) -m pip install -q -e ".[gpu]"
 	$(PY) -m pytest tests/gpu -rs
 
 bench: tiny

@@ -189,8 +189,17 @@ class FitPlan(BaseModel):
         return best
 
 
-def _resident(memory: MemoryConfig, weights: dict[str, ComponentWeights]) -> int:
-    """Weight bytes on the device at the busiest moment under ``memory.offload``."""
+def _resident(memory: MemoryConfig, weights: dict[str, ComponentWeights], compute_bytes: int) -> int:
+    """Weight bytes on the device at the busiest moment under ``memory.offload``, plus, under
+    fp8_storage, the upcast copy of the block that is computing (layerwise casting casts each
+    layer's float8 weights to the compute dtype while it runs)."""
+    upcast = 0
+    if memory.quantization == "fp8_storage":
+        upcast = max((w.per_block for k, w in weights.items() if k.startswith("transformer")), default=0) * compute_bytes
+    return upcast + _placed(memory, weights)
+
+
+def _placed(memory: MemoryConfig, weights: dict[str, ComponentWeights]) -> int:
     on_device = {k: w for k, w in weights.items() if not (k == "text_encoder" and memory.text_encoder_device == "cpu")}
     if memory.offload == "none":
         return sum(w.total for w in on_device.values())
@@ -271,7 +280,7 @@ def plan_fit(variant, weights: Path | WeightsLayout, budget_bytes: int, device: 
     return FitPlan(
         variant=variant.name, mode=describe_mode(memory), device=device, budget_bytes=budget_bytes,
         margin_bytes=int(memory.margin_gib * GIB), weights_bytes={k: w.total for k, w in weights.items()},
-        resident_bytes=_resident(memory, weights), hidden=t["num_attention_heads"] * t["attention_head_dim"],
+        resident_bytes=_resident(memory, weights, compute), hidden=t["num_attention_heads"] * t["attention_head_dim"],
         ffn=t["ffn_dim"], act_bytes=compute, patch=list(t["patch_size"]),
         vae_spatial=v.get("scale_factor_spatial", 8), vae_temporal=v.get("scale_factor_temporal", 4),
         vae_channels=(v.get("decoder_base_dim") or v["base_dim"]) * mult[0], vae_pixel_stride=patchify,
