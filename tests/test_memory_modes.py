@@ -14,15 +14,11 @@ from model_store.loader import load_variant_pipeline
 from model_store.memory_config import MemoryConfig
 from model_store.memory_modes import DeviceInfo, ModeRefused, check_mode, tensor_bytes
 from model_store.variants import load_variant
+from tests.media_samples import psnr
 
 VARIANT = "t2v-a14b-tiny"  # two experts: every mode must reach transformer_2 too
 PARAMS = dict(prompt="a red cat walking in the city", width=832, height=480, num_frames=1, num_inference_steps=2,
               guidance_scale=4.0, guidance_scale_2=3.0, seed=3)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
 
 
 def generate(overrides: dict):

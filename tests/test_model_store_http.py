@@ -28,7 +28,7 @@ JOB = {"prompt": "a red cat walking", "variant": TI2V, "size": "1280x720", "num_
 
 @pytest.fixture(scope="module")
 def store(ray_serve, tiny_weights, tmp_path_factory):
-    """One app, three variants: ti2v-5b-tiny serving under a 0.2 GiB budget with two adapters in
+    """One app, three variants: ti2v-5b-tiny serving under a 0.15 GiB budget with two adapters in
     its store; t2v-a14b-tiny with a budget nothing fits; i2v-a14b-tiny with a flipped byte."""
     from ray import serve
 
@@ -51,7 +51,7 @@ def store(ray_serve, tiny_weights, tmp_path_factory):
         "data_dir": str(root / "data"), "model_dir": str(models), "variants": [TI2V, T2V, I2V],
         "when_unavailable": "refuse",
         "overrides": {
-            TI2V: {"warmup": False, "memory": {"budget_gib": 0.2, "margin_gib": 0},
+            TI2V: {"warmup": False, "memory": {"budget_gib": 0.15, "margin_gib": 0},
                    "deployment": {"max_loaded_adapters": 1}},
             T2V: {"warmup": False, "memory": {"budget_gib": 0.001}},
             I2V: {"warmup": False},
@@ -121,7 +121,7 @@ def test_variants_that_would_not_fit_or_are_corrupted_are_not_ready_and_say_why(
 def test_a_request_over_the_budget_is_refused_before_queueing_and_a_smaller_one_runs(store):
     client = store["client"]
     plan = generator_info(TI2V)["fit"]
-    assert plan["budget_bytes"] == int(0.2 * 2**30) and plan["variant"] == TI2V
+    assert plan["budget_bytes"] == int(0.15 * 2**30) and plan["variant"] == TI2V
     before = client.get("/v1/videos", params={"limit": 100}).json()["data"]
     r = client.post("/generate", json={**JOB, "num_frames": 33})
     assert r.status_code == 422, r.text

@@ -8,7 +8,6 @@ Run with `make test-gpu` on a machine with a GPU.
 
 import importlib.util
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,21 +16,13 @@ from deployments.jobs import GenerationParams
 from model_store.loader import load_variant_pipeline
 from model_store.memory_modes import ModeRefused, probe_device
 from model_store.variants import load_variant
+from tests.media_samples import psnr
+from tests.test_memory_modes import PARAMS, VARIANT  # the same job as the CPU modes
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to torch here"),
 ]
-
-VARIANT = "t2v-a14b-tiny"
-PARAMS = dict(prompt="a red cat walking in the city", width=832, height=480, num_frames=5, num_inference_steps=2,
-              guidance_scale=4.0, guidance_scale_2=3.0, seed=3)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
-
 
 def generate(memory: dict):
     variant = load_variant(VARIANT, overrides={"device": "cuda", "torch_dtype": "bfloat16", "memory": memory})
