@@ -66,7 +66,7 @@ def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for
     from rich.table import Table
 
     from model_store.adapters import list_adapters
-    from model_store.fit_check import GIB
+    from model_store.fit_check import gib
     from model_store.hub import hub_revision, local_folder
     from model_store.variants import list_variants, load_variant
     from model_store.weights_manifest import disk_bytes
@@ -88,14 +88,14 @@ def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for
             hub = ("not asked" if offline else "unreachable" if newest is None else
                    "up to date" if newest == v.weights.revision else f"newer: {newest[:12]}")
         size = disk_bytes(folder) if folder is not None else 0
-        table.add_row(v.name, v.task, where, revision, f"{size / GIB:.2f} GiB" if size else "-",
+        table.add_row(v.name, v.task, where, revision, gib(size).lstrip("~") if size else "-",
                       _verified_state(folder) if folder is not None else "-", hub)
     Console(width=200).print(table)
     adapters = list_adapters()
     if adapters:
         t = Table("adapter", "base", "experts", "size", "state", box=None, pad_edge=False)
         for a in adapters:
-            t.add_row(a.name, a.base, ", ".join(a.experts), f"{disk_bytes(a.folder) / 2**20:.1f} MiB",
+            t.add_row(a.name, a.base, ", ".join(a.experts), gib(disk_bytes(a.folder)).lstrip("~"),
                       _verified_state(a.folder))
         Console(width=200).print(t)
 
