@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -163,7 +162,25 @@ def check_before_load(folder: Path, what: str, fix: str) -> Manifest | None:
 
 def disk_bytes(folder: Path) -> int:
     """Bytes of every file under ``folder`` (0 when it does not exist)."""
+    # is_file and stat follow symlinks, so a linked weight file counts at its target's size.
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def verified_state(folder: Path) -> str:
+    """Without hashing: 'verified' (every manifest file unchanged since its last hash), 'changed
+    since verified', 'files missing', 'no manifest' or 'missing' (no folder)."""
     if not folder.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) + sum(
-        os.path.getsize(p) for p in folder.rglob("*") if p.is_symlink() and p.exists())
+        return "missing"
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return "no manifest"
+    try:
+        stats = json.loads((folder / STAT_NAME).read_text())
+    except (OSError, ValueError):
+        stats = {}
+    for rel in manifest.files:
+        if not (folder / rel).is_file():
+            return "files missing"
+        if stats.get(rel) != _stat_key(folder / rel):
+            return "changed since verified"
+    return "verified"

@@ -31,31 +31,6 @@ def _variant(name: str):
         raise typer.Exit(2) from None
 
 
-def _verified_state(folder: Path) -> str:
-    """'verified', 'changed since verified', 'no manifest' or 'missing', without hashing."""
-    import json
-
-    from model_store.weights_manifest import STAT_NAME, read_manifest
-
-    if not folder.is_dir():
-        return "missing"
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return "no manifest"
-    try:
-        stats = json.loads((folder / STAT_NAME).read_text())
-    except (OSError, ValueError):
-        stats = {}
-    for rel in manifest.files:
-        path = folder / rel
-        if not path.is_file():
-            return "files missing"
-        st = path.stat()
-        if stats.get(rel) != [st.st_size, st.st_mtime_ns, st.st_ino]:
-            return "changed since verified"
-    return "verified"
-
-
 @models.command("list")
 def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for newer revisions.")) -> None:
     """Variants and adapters: where their weights are, revision, size on disk, verified or not, and
@@ -69,7 +44,7 @@ def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for
     from model_store.fit_check import gib
     from model_store.hub import hub_revision, local_folder
     from model_store.variants import list_variants, load_variant
-    from model_store.weights_manifest import disk_bytes
+    from model_store.weights_manifest import disk_bytes, verified_state
 
     variants = [load_variant(n) for n in list_variants()]
     repos = sorted({v.weights.repo_id for v in variants if v.weights.repo_id})
@@ -89,14 +64,14 @@ def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for
                    "up to date" if newest == v.weights.revision else f"newer: {newest[:12]}")
         size = disk_bytes(folder) if folder is not None else 0
         table.add_row(v.name, v.task, where, revision, gib(size).lstrip("~") if size else "-",
-                      _verified_state(folder) if folder is not None else "-", hub)
+                      verified_state(folder) if folder is not None else "-", hub)
     Console(width=200).print(table)
     adapters = list_adapters()
     if adapters:
         t = Table("adapter", "base", "experts", "size", "state", box=None, pad_edge=False)
         for a in adapters:
             t.add_row(a.name, a.base, ", ".join(a.experts), gib(disk_bytes(a.folder)).lstrip("~"),
-                      _verified_state(a.folder))
+                      verified_state(a.folder))
         Console(width=200).print(t)
 
 
