@@ -7,14 +7,14 @@ DASHBOARD_PORT ?= 8265
 STAMP := $(VENV)/.installed-stamp
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install tiny serve test soak test-gpu bench bench-recovery bench-memory clean
+.PHONY: install tiny serve lint format test soak test-gpu bench bench-recovery bench-memory clean
 
 # torch is pinned and installed first: this machine has a CPU wheel of torch 2.13.0 on disk,
 # and an unpinned torch would pull several GB of CUDA packages.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,lint]"
 	touch $@
 
 install: $(STAMP)
@@ -33,7 +33,17 @@ serve: tiny
 	trap '[ $$started = 1 ] && $(VENV)/bin/ray stop' EXIT; \
 	$(VENV)/bin/serve run --address auto .run/serve_config.yaml
 
-test: tiny
+# ruff (lint, and the format check) and mypy, configured in pyproject.toml; `make test` runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint tiny
 	$(PY) -m pytest -m "not soak" --durations=25 tests
 
 soak: tiny
@@ -47,11 +57,11 @@ test-gpu: tiny
 bench: tiny
 	$(PY) bench/job_latency.py --variant ti2v-5b-tiny t2v-a14b-tiny i2v-a14b-tiny vace-14b-tiny --size 1280x720 --jobs 2
 
-# Recovery times after a router kill, a generator crash and a CUDA-style error (issue 5).
+# Recovery times after a router kill, a generator crash and a CUDA-style error.
 bench-recovery: tiny
 	$(PY) bench/recovery.py --rounds 2
 
-# Weight bytes and peak memory per memory mode beside the fit check's estimates (issue 4).
+# Weight bytes and peak memory per memory mode beside the fit check's estimates.
 bench-memory: $(STAMP)
 	$(PY) bench/memory.py --doc docs/performance.md
 

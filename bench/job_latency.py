@@ -25,8 +25,8 @@ import ray
 import torch
 from ray import serve
 
-from serve_app.app import build_app
 from model_store.variants import load_variant
+from serve_app.app import build_app
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
@@ -48,8 +48,10 @@ def _uploads(task: str) -> list:
     if task in ("i2v", "ti2v"):
         return [("image", ("chelsea.png", (DATA / "chelsea.png").read_bytes(), "image/png"))]
     if task == "vace":
-        return [("video", ("cockatoo.mp4", (DATA / "cockatoo.mp4").read_bytes(), "video/mp4")),
-                ("mask", ("mask.png", _box_mask_png(), "image/png"))]
+        return [
+            ("video", ("cockatoo.mp4", (DATA / "cockatoo.mp4").read_bytes(), "video/mp4")),
+            ("mask", ("mask.png", _box_mask_png(), "image/png")),
+        ]
     return []
 
 
@@ -75,8 +77,12 @@ def main() -> None:
         for variant in args.variant:
             task, jobs = load_variant(variant).task, []
             for i in range(args.jobs):
-                fields = {"prompt": f"a cat on the beach, take {i}", "variant": variant, "size": args.size,
-                          "seed": str(i)}
+                fields = {
+                    "prompt": f"a cat on the beach, take {i}",
+                    "variant": variant,
+                    "size": args.size,
+                    "seed": str(i),
+                }
                 t = time.perf_counter()
                 r = c.post("/generate", data=fields, files=_uploads(task) or None)
                 assert r.status_code == 202, r.text
@@ -85,8 +91,7 @@ def main() -> None:
                     time.sleep(0.05)
                 wall = time.perf_counter() - t
                 assert s["status"] == "success", s
-                jobs.append({"end_to_end_seconds": round(wall, 3),
-                             **{k: round(v, 3) for k, v in s["timings"].items()}})
+                jobs.append({"end_to_end_seconds": round(wall, 3), **{k: round(v, 3) for k, v in s["timings"].items()}})
             results[variant] = {"task": task, "size": args.size, "jobs": jobs}
     serve.shutdown()
     ray.shutdown()

@@ -38,9 +38,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BLOCK = dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096, freq_dim=256,
-             in_channels=16, out_channels=16, patch_size=(1, 2, 2), cross_attn_norm=True,
-             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+BLOCK = dict(
+    num_attention_heads=12,
+    attention_head_dim=128,
+    ffn_dim=8960,
+    text_dim=4096,
+    freq_dim=256,
+    in_channels=16,
+    out_channels=16,
+    patch_size=(1, 2, 2),
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
 #: glibc returns allocations above 64 KiB to the system when they are freed (mmap), so resident
 #: memory follows live tensors instead of keeping freed blocks: RSS becomes a fair peak measure.
 ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -86,11 +97,14 @@ def measure(folder: Path, mode: str, tokens: int, device_kind: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     quant = component_quantization_config(mode, info, dtype, "diffusers")
-    model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype,
-                                                  **({"quantization_config": quant} if quant else {}))
+    model = WanTransformer3DModel.from_pretrained(
+        folder, torch_dtype=dtype, **({"quantization_config": quant} if quant else {})
+    )
     if mode == "fp8_storage":
+
         class Holder:  # apply_fp8_storage works on a pipeline's components
             transformer = model
+
         apply_fp8_storage(Holder, MemoryConfig(quantization="fp8_storage", text_encoder_quantization="none"), dtype)
     if device.type == "cuda" and quant is None:
         model.to(device)
@@ -143,20 +157,28 @@ def table(report: dict) -> str:
     results = report["results"]
     bf16 = next(r["weight_bytes"] for r in results if r["mode"] == "none")
     mib = 2**20
-    lines = [f"Measured on {report['machine']}: a {report['layers']}-layer WanTransformer3DModel (width 1536, "
-             f"feed-forward 8960), {results[0]['tokens']} tokens, one forward pass.", "",
-             "| mode | weights MiB | x bf16 | estimated MiB | forward peak MiB | estimated activations MiB "
-             "| peak RSS MiB | estimated peak MiB | forward s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Measured on {report['machine']}: a {report['layers']}-layer WanTransformer3DModel (width 1536, "
+        f"feed-forward 8960), {results[0]['tokens']} tokens, one forward pass.",
+        "",
+        "| mode | weights MiB | x bf16 | estimated MiB | forward peak MiB | estimated activations MiB "
+        "| peak RSS MiB | estimated peak MiB | forward s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
-        lines.append(f"| {r['mode']} | {r['weight_bytes'] / mib:.0f} | {r['weight_bytes'] / bf16:.2f} | "
-                     f"{r['estimate_weight_bytes'] / mib:.0f} | {r['forward_peak_bytes'] / mib:.0f} | "
-                     f"{r['estimate_activation_bytes'] / mib:.0f} | {r['peak_rss_bytes'] / mib:.0f} | "
-                     f"{r['estimate_peak_bytes'] / mib:.0f} | {r['forward_s']} |")
+        lines.append(
+            f"| {r['mode']} | {r['weight_bytes'] / mib:.0f} | {r['weight_bytes'] / bf16:.2f} | "
+            f"{r['estimate_weight_bytes'] / mib:.0f} | {r['forward_peak_bytes'] / mib:.0f} | "
+            f"{r['estimate_activation_bytes'] / mib:.0f} | {r['peak_rss_bytes'] / mib:.0f} | "
+            f"{r['estimate_peak_bytes'] / mib:.0f} | {r['forward_s']} |"
+        )
     s = report["slope"]
-    lines += ["", f"Activations per token (mode none, forward peaks at {s['tokens'][0]} and {s['tokens'][1]} tokens, "
-              f"the difference over the difference in tokens): measured {s['measured_bytes_per_token'] / 1024:.1f} KiB, "
-              f"estimated {s['estimate_bytes_per_token'] / 1024:.1f} KiB."]
+    lines += [
+        "",
+        f"Activations per token (mode none, forward peaks at {s['tokens'][0]} and {s['tokens'][1]} tokens, "
+        f"the difference over the difference in tokens): measured {s['measured_bytes_per_token'] / 1024:.1f} KiB, "
+        f"estimated {s['estimate_bytes_per_token'] / 1024:.1f} KiB.",
+    ]
     return "\n".join(lines)
 
 
@@ -178,26 +200,68 @@ def main() -> None:
         build(folder, args.layers)
         results = []
         for mode in modes:  # a fresh process per mode, so one mode's memory never counts for another
-            done = subprocess.run([sys.executable, __file__, "--_one", str(folder), mode, "--tokens", str(args.tokens),
-                                   "--device", args.device], capture_output=True, text=True, check=True, env=ENV)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--_one",
+                    str(folder),
+                    mode,
+                    "--tokens",
+                    str(args.tokens),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=ENV,
+            )
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(results[-1], flush=True)
         # The activation slope: two token counts, so fixed costs (weights paged in, buffers) cancel.
         ends = []
         for tokens in (args.tokens // 2, args.tokens * 2):
-            done = subprocess.run([sys.executable, __file__, "--_one", str(folder), "none", "--tokens", str(tokens),
-                                   "--device", args.device], capture_output=True, text=True, check=True, env=ENV)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--_one",
+                    str(folder),
+                    "none",
+                    "--tokens",
+                    str(tokens),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=ENV,
+            )
             ends.append(json.loads(done.stdout.strip().splitlines()[-1]))
         dt = ends[1]["tokens"] - ends[0]["tokens"]
-        slope = {"tokens": [e["tokens"] for e in ends],
-                 "measured_bytes_per_token": (ends[1]["forward_peak_bytes"] - ends[0]["forward_peak_bytes"]) / dt,
-                 "estimate_bytes_per_token": (ends[1]["estimate_activation_bytes"] - ends[0]["estimate_activation_bytes"]) / dt}
+        slope = {
+            "tokens": [e["tokens"] for e in ends],
+            "measured_bytes_per_token": (ends[1]["forward_peak_bytes"] - ends[0]["forward_peak_bytes"]) / dt,
+            "estimate_bytes_per_token": (ends[1]["estimate_activation_bytes"] - ends[0]["estimate_activation_bytes"])
+            / dt,
+        }
     import torch
 
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-               if args.device == "cpu" else torch.cuda.get_device_name(0))
-    report = {"machine": machine, "layers": args.layers, "block": BLOCK, "device": args.device, "results": results,
-              "slope": slope}
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        if args.device == "cpu"
+        else torch.cuda.get_device_name(0)
+    )
+    report = {
+        "machine": machine,
+        "layers": args.layers,
+        "block": BLOCK,
+        "device": args.device,
+        "results": results,
+        "slope": slope,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(table(report))

@@ -1,4 +1,4 @@
-"""Measure how long the service takes to recover from the faults issue 5 names, on a local Ray cluster.
+"""How long the service takes to recover from a router kill, a generator crash and a CUDA-style error.
 
 Usage: python bench/recovery.py [--variant ti2v-5b-tiny] [--rounds 2] [--out bench/results/recovery.json]
 
@@ -68,12 +68,16 @@ def main() -> None:
         port = s.getsockname()[1]
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"variants": [args.variant], "data_dir": str(data_dir), "fault_file": str(fault_file)}),
-              name="bench", route_prefix="/")
+    serve.run(
+        build_app({"variants": [args.variant], "data_dir": str(data_dir), "fault_file": str(fault_file)}),
+        name="bench",
+        route_prefix="/",
+    )
     body = {"prompt": "a heron over a river", "variant": args.variant, "size": "1280x720", "num_inference_steps": 2}
 
     rounds = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+
         def submit() -> tuple[str, float]:
             t = time.perf_counter()
             return c.post("/generate", json=body).json()["id"], t
@@ -100,23 +104,35 @@ def main() -> None:
                 time.sleep(POLL_S)
             status_back = time.perf_counter() - killed
             final = _wait(c, job)
-            result["router_kill"] = {"status_back_s": status_back, "job_done_s": time.perf_counter() - killed,
-                                     "attempts": final["attempts"], "status": final["status"]}
+            result["router_kill"] = {
+                "status_back_s": status_back,
+                "job_done_s": time.perf_counter() - killed,
+                "attempts": final["attempts"],
+                "status": final["status"],
+            }
 
             for kind in ("crash", "cuda_error"):
                 write_faults(fault_file, [{"variant": args.variant, "kind": kind, "at_step": 1}])
                 job, t = submit()
                 final = _wait(c, job)
                 result["generator_crash" if kind == "crash" else kind] = {
-                    "job_done_s": time.perf_counter() - t, "attempts": final["attempts"], "status": final["status"]}
+                    "job_done_s": time.perf_counter() - t,
+                    "attempts": final["attempts"],
+                    "status": final["status"],
+                }
             write_faults(fault_file, [])
             rounds.append(result)
             print(json.dumps(result, indent=1))
 
     out = {
-        "variant": args.variant, "rounds": rounds,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "ray": ray.__version__},
+        "variant": args.variant,
+        "rounds": rounds,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+        },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,13 +39,19 @@ class Fault(BaseModel):
     """One injected failure."""
 
     variant: str = Field(description="Variant whose generator replicas fire it.")
-    kind: FaultKind = Field(description=(
-        "oom: torch.OutOfMemoryError at the step; crash: the replica process exits (os._exit) at the step; "
-        "cuda_error: a RuntimeError as CUDA raises it, after which the pipeline counts as unusable; "
-        "error: a RuntimeError; hang: the step sleeps hang_s seconds; disk_full: OSError(ENOSPC) when the "
-        "result file is written; slow_write: writing the result file starts hang_s seconds late."))
-    at_step: int = Field(default=1, ge=0, description="Denoising step (1 = after the first) it fires at; "
-                         "ignored for disk_full and slow_write.")
+    kind: FaultKind = Field(
+        description=(
+            "oom: torch.OutOfMemoryError at the step; crash: the replica process exits (os._exit) at the step; "
+            "cuda_error: torch.AcceleratorError as CUDA raises it, after which the pipeline counts as unusable; "
+            "error: a RuntimeError; hang: the step sleeps hang_s seconds; disk_full: OSError(ENOSPC) when the "
+            "result file is written; slow_write: writing the result file starts hang_s seconds late."
+        )
+    )
+    at_step: int = Field(
+        default=1,
+        ge=0,
+        description="Denoising step (1 = after the first) it fires at; ignored for disk_full and slow_write.",
+    )
     times: int = Field(default=1, ge=0, description="Firings left.")
     hang_s: float = Field(default=3600.0, ge=0, description="Seconds a hang lasts.")
 
@@ -77,7 +83,7 @@ class FaultSwitch:
         """Fire a step fault for ``step``, if one is armed.
 
         Raises:
-            torch.OutOfMemoryError, RuntimeError: the injected failure.
+            torch.OutOfMemoryError, torch.AcceleratorError, RuntimeError: the injected failure.
         """
         fault = self._take(lambda f: f.kind not in WRITE_FAULTS and f.at_step == step)
         if fault is None:
@@ -87,7 +93,7 @@ class FaultSwitch:
         if fault.kind == "crash":
             os._exit(70)  # the process dies as a segfaulting kernel would take it: no cleanup, no reply
         if fault.kind == "cuda_error":
-            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected fault)")
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered (injected fault)")
         if fault.kind == "error":
             raise RuntimeError("injected fault")
         if fault.kind == "hang":

@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from deployments.errors import RequestTooLarge
-from deployments.jobs import JobSpec
+from jobs.errors import RequestTooLarge
+from jobs.model import JobSpec
 from model_store.fit_check import FitPlan, gib
 
 
@@ -59,9 +59,16 @@ def check_request_fits(plan: FitPlan, spec: JobSpec) -> None:
     if plan.fits(p.width, p.height, p.num_frames):
         return
     most = plan.max_frames(p.width, p.height, plan.vae_temporal)
-    advice = (f"at this size at most {most} frames fit" if most else
-              "not even one frame fits at this size; ask for a smaller size")
+    advice = (
+        f"at this size at most {most} frames fit"
+        if most
+        else "not even one frame fits at this size; ask for a smaller size"
+    )
+    need = gib(plan.peak_bytes(p.width, p.height, p.num_frames))
     raise RequestTooLarge(
-        f"{spec.variant}: {p.num_frames} frames at {p.width}x{p.height} need {gib(plan.peak_bytes(p.width, p.height, p.num_frames))} "
+        f"{spec.variant}: {p.num_frames} frames at {p.width}x{p.height} need {need} "
         f"of device memory and its replica ({plan.device}; {plan.mode}) has {gib(plan.budget_bytes)}: {advice}, "
-        "or the operator can choose a lighter memory mode", field="num_frames", max_num_frames=most)
+        "or the operator can choose a lighter memory mode",
+        field="num_frames",
+        max_num_frames=most,
+    )

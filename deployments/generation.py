@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from deployments.errors import JobCanceled, ValidationFailed
-from deployments.job_inputs import PreparedInputs
 from deployments.lora_adapters import AdapterRegistry
-from deployments.jobs import GenerationParams, Phase
+from jobs.errors import JobCanceled, ValidationFailed
+from jobs.inputs import PreparedInputs
+from jobs.model import GenerationParams, Phase
 from model_store.loader import image_pipeline
 from model_store.variants import VariantConfig
 
@@ -175,8 +175,13 @@ class GenerationRunner:
         t0 = time.perf_counter()
         self.run(
             GenerationParams(
-                prompt="warm-up", width=size.width, height=size.height, num_frames=1,
-                num_inference_steps=1, guidance_scale=1.0, seed=0,
+                prompt="warm-up",
+                width=size.width,
+                height=size.height,
+                num_frames=1,
+                num_inference_steps=1,
+                guidance_scale=1.0,
+                seed=0,
                 guidance_scale_2=1.0 if self.variant.boundary_ratio is not None else None,
             ),
             inputs=inputs,

@@ -12,25 +12,27 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from datetime import datetime
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import ray
 import torch
 from ray import serve
 
-from deployments.compositing import mask_to_alpha, paste_back
-from deployments.errors import AdapterNotDeployed, DiskFull, JobCanceled, JobTimeout, OutOfMemory, ReplicaFailed
 from deployments.faults import FaultSwitch
-from deployments.lora_adapters import LoadedAdapterSet, adapter_set_id
 from deployments.fit_plans import check_request_fits, write_fit_plan
 from deployments.generation import GenerationRunner
-from deployments.job_inputs import PreparedInputs
-from deployments.jobs import OUTPUT_EXTENSIONS, JobResult, JobSpec, Phase, ProgressEvent
-from deployments.video_io import fit_frames, write_mp4, write_png_zip, write_webm_alpha
-from model_store.loader import load_variant_pipeline
+from deployments.lora_adapters import LoadedAdapterSet, adapter_set_id
+from jobs.config import DataLayout
+from jobs.errors import AdapterNotDeployed, DiskFull, JobCanceled, JobTimeout, OutOfMemory, ReplicaFailed
+from jobs.filenames import default_filename
+from jobs.files import ResultFiles
+from jobs.inputs import PreparedInputs
+from jobs.model import OUTPUT_FORMATS, JobResult, JobSpec, Phase, ProgressEvent
+from media.compositing import mask_to_alpha, paste_back
+from media.video_io import fit_frames, write_mp4, write_png_zip, write_webm_alpha
 from model_store.adapters import AdapterNotFound, adapter_for
+from model_store.loader import load_variant_pipeline
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 
@@ -42,16 +44,6 @@ _DONE = object()
 FINISHED_KEPT = 256
 
 
-def default_filename(gpu_id: str, job_id: str, now: datetime | None = None, extension: str = ".mp4") -> str:
-    """``result_gpu{gpu}_{YYYY-mm-dd_HH-MM-SS}_{short_id}.mp4``; on a CPU replica ``result_cpu_...``.
-
-    ``extension`` follows the output format (``.webm``, ``.zip``).
-    """
-    stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
-    device = "cpu" if gpu_id == "cpu" else f"gpu{gpu_id}"
-    return f"result_{device}_{stamp}_{job_id[:8]}{extension}"
-
-
 # max_ongoing_requests=1: a replica owns one GPU and runs one job at a time; the
 # router keeps the queue, so nothing waits inside Ray. check_health only reads a flag, so it
 # runs every 5 s (Serve's default is 10) to replace a broken replica sooner.
@@ -61,9 +53,9 @@ class Generator:
 
     Args:
         variant: the validated variant config.
-        output_dir: folder the MP4 files are written to (shared with the ingress).
+        layout: the data folder: result files go to its ``outputs``, the fit plan to its ``fit``
+            (for the router, deployments/fit_plans.py).
         fault_file: JSON file of injected faults (deployments/faults.py); None disables them.
-        fit_dir: folder to write this variant's fit plan to, for the router (deployments/fit_plans.py).
         model_dir: the model store (weights and loras/); None: WAN_SERVE_MODEL_DIR or ./models.
 
     Raises (from the constructor, which Ray Serve reports as the deployment's status message):
@@ -72,14 +64,14 @@ class Generator:
         Exception: whatever loading the weights raised (missing or corrupt files).
     """
 
-    def __init__(self, variant: VariantConfig, output_dir: str, fault_file: str | None = None,
-                 fit_dir: str | None = None, model_dir: str | None = None) -> None:
+    def __init__(
+        self, variant: VariantConfig, layout: DataLayout, fault_file: str | None = None, model_dir: str | None = None
+    ) -> None:
         if variant.deployment.torch_threads:
             torch.set_num_threads(variant.deployment.torch_threads)
         self.variant = variant
         self.store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
-        self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.files = ResultFiles(layout.outputs)
         self.faults = FaultSwitch(fault_file, variant.name)
         self._broken: str | None = None  # set when the pipeline can no longer be trusted (CUDA error)
         gpu_ids = ray.get_gpu_ids()
@@ -90,36 +82,49 @@ class Generator:
             loaded = pool.submit(load_variant_pipeline, variant, self.store).result(timeout=variant.timeouts.load_s)
             self.runner = GenerationRunner(variant, loaded.pipe, loaded.prompt_pipe)
             self.fit = loaded.fit if variant.memory.fit_check else None
-            if self.fit is not None and fit_dir is not None:
-                write_fit_plan(self.fit, Path(fit_dir))
+            if self.fit is not None:
+                write_fit_plan(self.fit, layout.fit)
             self.load_seconds = time.perf_counter() - t0
             self.warmup_seconds = None
             if variant.warmup:
                 left = variant.timeouts.load_s - self.load_seconds
                 self.warmup_seconds = pool.submit(self.runner.warmup).result(timeout=max(left, 0.001))
         except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"loading {variant.name} took longer than timeouts.load_s={variant.timeouts.load_s:g} s; "
-                               "check the weights' disk or network, or raise the limit in its config") from None
+            raise TimeoutError(
+                f"loading {variant.name} took longer than timeouts.load_s={variant.timeouts.load_s:g} s; "
+                "check the weights' disk or network, or raise the limit in its config"
+            ) from None
         finally:
             pool.shutdown(wait=False)
         # LoRA adapter sets as Ray Serve multiplexed models: an LRU of deployment.max_loaded_adapters per
         # replica, and the router's handle routes a job to a replica that has its set. Wrapped here, not
         # with the decorator on the class, so the LRU size comes from the variant's config.
         self._adapter_set = serve.multiplexed(max_num_models_per_replica=variant.deployment.max_loaded_adapters)(
-            type(self)._adapter_set)
+            type(self)._adapter_set
+        )
         # One pipeline, one job: also held while a canceled job's thread finishes its step.
         self._busy = asyncio.Lock()
         # Results of recent jobs: a job dispatched again (its router restarted while it ran here)
         # gets the file already written instead of a second run.
         self._finished: OrderedDict[str, JobResult] = OrderedDict()
-        logger.info("generator %s ready on %s: load %.1fs, warm-up %s s", variant.name, self.gpu_id,
-                    self.load_seconds, self.warmup_seconds)
+        logger.info(
+            "generator %s ready on %s: load %.1fs, warm-up %s s",
+            variant.name,
+            self.gpu_id,
+            self.load_seconds,
+            self.warmup_seconds,
+        )
 
     def info(self) -> dict:
         """Variant, device, timings (seconds), loaded LoRA adapters and the fit plan of this replica."""
-        return {"variant": self.variant.name, "gpu_id": self.gpu_id, "load_seconds": self.load_seconds,
-                "warmup_seconds": self.warmup_seconds, "adapters": self.runner.adapters.loaded,
-                "fit": self.fit.model_dump() if self.fit is not None else None}
+        return {
+            "variant": self.variant.name,
+            "gpu_id": self.gpu_id,
+            "load_seconds": self.load_seconds,
+            "warmup_seconds": self.warmup_seconds,
+            "adapters": self.runner.adapters.loaded,
+            "fit": self.fit.model_dump() if self.fit is not None else None,
+        }
 
     async def _adapter_set(self, set_id: str) -> LoadedAdapterSet:
         """Load the adapters of ``set_id`` (names joined by '+'); called through the multiplexing LRU.
@@ -168,18 +173,21 @@ class Generator:
             raise OutOfMemory(
                 f"{self.variant.name} ran out of device memory at {p.width}x{p.height}, {p.num_frames} frames. "
                 "Try fewer frames or a smaller size, or ask the operator for an offload or quantization mode "
-                "for this variant; this replica has freed the memory and keeps serving") from None
+                "for this variant; this replica has freed the memory and keeps serving"
+            ) from None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise DiskFull("no space left on the device for the result file; the operator must free disk "
-                               "space (or lower RETENTION_DAYS); resubmit afterwards") from None
+                raise DiskFull(
+                    "no space left on the device for the result file; the operator must free disk "
+                    "space (or lower RETENTION_DAYS); resubmit afterwards"
+                ) from None
             raise
-        except RuntimeError as exc:
-            if "CUDA error" in str(exc) or type(exc).__name__ == "AcceleratorError":
-                self._broken = str(exc)[:200]
-                logger.error("generator %s unusable after a CUDA error; failing health checks", self.variant.name)
-                raise ReplicaFailed(f"the {self.variant.name} replica hit a device error and is being replaced") from None
-            raise
+        except torch.AcceleratorError as exc:
+            # A CUDA error leaves the context unusable (CUDA's documentation: sticky errors), so this
+            # replica must go; torch raises AcceleratorError for them since 2.8.
+            self._broken = str(exc)[:200]
+            logger.error("generator %s unusable after a CUDA error; failing health checks", self.variant.name)
+            raise ReplicaFailed(f"the {self.variant.name} replica hit a device error and is being replaced") from None
 
     def _run_job(self, spec: JobSpec, emit, cancel: threading.Event) -> JobResult:
         params = spec.params
@@ -188,16 +196,19 @@ class Generator:
             check_request_fits(self.fit, spec)
 
         def on_progress(phase: Phase, step: int, total: int, step_seconds: float | None) -> None:
-            emit(ProgressEvent(phase=phase, step=step, total_steps=total, step_seconds=step_seconds,
-                               gpu_id=self.gpu_id))
+            emit(
+                ProgressEvent(phase=phase, step=step, total_steps=total, step_seconds=step_seconds, gpu_id=self.gpu_id)
+            )
 
         generate_deadline = time.monotonic() + limits.generate_s
 
         def on_step(step: int) -> None:
             self.faults.at_step(step)
             if time.monotonic() > generate_deadline:
-                raise JobTimeout(f"generation ran past timeouts.generate_s={limits.generate_s:g} s at step {step} "
-                                 f"of {params.num_inference_steps}; use fewer steps, frames or a smaller size")
+                raise JobTimeout(
+                    f"generation ran past timeouts.generate_s={limits.generate_s:g} s at step {step} "
+                    f"of {params.num_inference_steps}; use fewer steps, frames or a smaller size"
+                )
 
         inputs = PreparedInputs.load(spec.inputs) if spec.inputs is not None else None
         t0 = time.perf_counter()
@@ -213,8 +224,10 @@ class Generator:
             alpha = mask_to_alpha(inputs.mask)
         out = spec.output_size
         frames = fit_frames(frames, out.width, out.height, self.variant.resize_mode)
-        filename = spec.filename or default_filename(self.gpu_id, spec.id, extension=OUTPUT_EXTENSIONS[spec.output_format])
-        path = self.output_dir / filename
+        filename = spec.filename or default_filename(
+            self.gpu_id, spec.id, extension=OUTPUT_FORMATS[spec.output_format].extension
+        )
+        path = self.files.path(filename)
         t1 = time.perf_counter()
         encode_deadline = time.monotonic() + limits.encode_s
 
@@ -224,8 +237,9 @@ class Generator:
         try:
             self.faults.on_write()
             if spec.output_format == "mp4":
-                size = write_mp4(frames, path, self.variant.fps, width=out.width, height=out.height,
-                                 should_abort=should_abort)
+                size = write_mp4(
+                    frames, path, self.variant.fps, width=out.width, height=out.height, should_abort=should_abort
+                )
             else:
                 if alpha is None or frames.shape[1:3] != alpha.shape[1:]:
                     raise ValueError(f"output_format {spec.output_format} needs a mask at the output size")
@@ -236,10 +250,18 @@ class Generator:
             if not cancel.is_set():
                 raise JobTimeout(f"writing the result ran past timeouts.encode_s={limits.encode_s:g} s") from None
             raise
-        return JobResult(filename=filename, size_bytes=size, width=out.width, height=out.height,
-                         num_frames=len(frames), fps=self.variant.fps, pipeline_seconds=pipeline_seconds,
-                         encode_seconds=time.perf_counter() - t1, gpu_id=self.gpu_id,
-                         output_format=spec.output_format)
+        return JobResult(
+            filename=filename,
+            size_bytes=size,
+            width=out.width,
+            height=out.height,
+            num_frames=len(frames),
+            fps=self.variant.fps,
+            pipeline_seconds=pipeline_seconds,
+            encode_seconds=time.perf_counter() - t1,
+            gpu_id=self.gpu_id,
+            output_format=spec.output_format,
+        )
 
     async def generate(self, spec: JobSpec) -> AsyncIterator[ProgressEvent | JobResult]:
         """Run ``spec``; yields ProgressEvents, then one JobResult. Call with ``stream=True``.
@@ -256,8 +278,9 @@ class Generator:
         """
         if self._broken is not None:
             # Until Serve replaces this replica: hand the job back untouched (no attempt spent).
-            raise ReplicaFailed(f"the {self.variant.name} replica is being replaced after a device error",
-                                started=False)
+            raise ReplicaFailed(
+                f"the {self.variant.name} replica is being replaced after a device error", started=False
+            )
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -279,7 +302,7 @@ class Generator:
 
         async with self._busy:
             earlier = self._finished.get(spec.id)
-            if earlier is not None and (self.output_dir / earlier.filename).is_file():
+            if earlier is not None and self.files.exists(earlier.filename):
                 yield earlier
                 return
             set_id = adapter_set_id([lora.name for lora in spec.params.loras])

@@ -48,11 +48,16 @@ class AdapterRegistry:
         """
         with self._lock:
             if info.name not in self._users:
-                check_before_load(info.folder, f"LoRA adapter {info.name}",
-                                  "replace the adapter folder with a good copy")
+                check_before_load(
+                    info.folder, f"LoRA adapter {info.name}", "replace the adapter folder with a good copy"
+                )
                 for component, path in info.files.items():
-                    self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=info.name,
-                                                load_into_transformer_2=component == "transformer_2")
+                    self.pipe.load_lora_weights(
+                        str(path.parent),
+                        weight_name=path.name,
+                        adapter_name=info.name,
+                        load_into_transformer_2=component == "transformer_2",
+                    )
                 self._components[info.name] = list(info.files)
                 self._users[info.name] = 0
                 logger.info("LoRA adapter %s loaded into %s", info.name, ", ".join(info.files))

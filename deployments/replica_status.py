@@ -27,8 +27,11 @@ class GeneratorStatus(BaseModel):
     ready: bool = Field(description="At least one replica is running.")
     running_replicas: int
     deployment_status: str = Field(description="Ray Serve's DeploymentStatus, e.g. HEALTHY, UPDATING, DEPLOY_FAILED.")
-    reason: str | None = Field(default=None, description="Why it is not ready: the last line of Ray Serve's message "
-                               "(the constructor's error), with server paths removed.")
+    reason: str | None = Field(
+        default=None,
+        description="Why it is not ready: the last line of Ray Serve's message "
+        "(the constructor's error), with server paths removed.",
+    )
 
     @property
     def failed(self) -> bool:
@@ -61,6 +64,7 @@ def generator_statuses(app_name: str, variants: list[str]) -> dict[str, Generato
         reason = None
         if running == 0:
             reason = public_reason(dep.message if dep else None) or "no generator replica is running yet"
-        result[name] = GeneratorStatus(ready=running > 0, running_replicas=running, deployment_status=status,
-                                       reason=reason)
+        result[name] = GeneratorStatus(
+            ready=running > 0, running_replicas=running, deployment_status=status, reason=reason
+        )
     return result

@@ -42,8 +42,10 @@ class AdapterMeta(BaseModel):
     base: str = Field(description="Variant the adapter was trained for, e.g. t2v-a14b.")
     description: str = Field(default="", description="One line for humans.")
     experts: list[str] = Field(
-        default=["high_noise"], description="A14B, top-level weights only: experts that take them "
-        "(high_noise, low_noise). Per-expert folders name themselves.")
+        default=["high_noise"],
+        description="A14B, top-level weights only: experts that take them "
+        "(high_noise, low_noise). Per-expert folders name themselves.",
+    )
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,16 @@ def adapter_for(name: str, variant, settings: StoreSettings | None = None) -> Ad
     return info
 
 
-def build_random_lora(pipe, folder: Path, base: str, *, seed: int = 0, rank: int = 4,
-                      experts: tuple[str, ...] = ("high_noise",), split: bool = False) -> Path:
+def build_random_lora(
+    pipe,
+    folder: Path,
+    base: str,
+    *,
+    seed: int = 0,
+    rank: int = 4,
+    experts: tuple[str, ...] = ("high_noise",),
+    split: bool = False,
+) -> Path:
     """Write a random-weight LoRA for ``pipe``'s transformer(s) in diffusers' format, with its
     adapter.yaml and manifest: for tests and for trying the adapter path without a trained one.
 
@@ -136,8 +146,12 @@ def build_random_lora(pipe, folder: Path, base: str, *, seed: int = 0, rank: int
     from model_store.weights_manifest import write_manifest
 
     folder.mkdir(parents=True, exist_ok=True)
-    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
-                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        init_lora_weights=False,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+    )
     layers = {}
     for i, expert in enumerate(experts):
         module = getattr(pipe, EXPERT_COMPONENTS[expert])

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pydantic import BaseModel, Field
 
@@ -23,14 +23,36 @@ from model_store.memory_config import MemoryConfig, Quantization
 
 GIB = 2**30
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
-                "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "float32": 4, "bfloat16": 2, "float16": 2}
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "BF16": 2,
+    "F16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "float32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+}
 
 #: Tensors no quantizer touches: embeddings, norms, the patch embedding and the time/text
 #: condition embedders (diffusers WanTransformer3DModel._skip_layerwise_casting_patterns, plus
 #: UMT5's ``shared`` embedding and relative attention bias).
-_KEPT = ("patch_embedding", "condition_embedder", "norm", "shared", "embed_tokens", "relative_attention_bias",
-         "scale_shift_table")
+_KEPT = (
+    "patch_embedding",
+    "condition_embedder",
+    "norm",
+    "shared",
+    "embed_tokens",
+    "relative_attention_bias",
+    "scale_shift_table",
+)
 
 #: Hidden-width (d) tensors per token alive at a transformer block's peak, in compute-dtype
 #: elements: the residual stream, its fp32 norm (two elements' worth: diffusers keeps Wan's
@@ -129,8 +151,12 @@ def price(tensors: Iterable[TensorInfo], fmt: Quantization, compute_bytes: int) 
                 key = ".".join(parts[: i + 2])
                 by_block[key] = by_block.get(key, 0.0) + size
                 break
-    return ComponentWeights(total=int(total), per_block=int(max(by_block.values(), default=0)),
-                            largest_tensor=int(largest), blocks=len(by_block))
+    return ComponentWeights(
+        total=int(total),
+        per_block=int(max(by_block.values(), default=0)),
+        largest_tensor=int(largest),
+        blocks=len(by_block),
+    )
 
 
 class FitPlan(BaseModel):
@@ -143,9 +169,13 @@ class FitPlan(BaseModel):
     variant: str
     mode: str = Field(description="The memory mode, in words.")
     device: str = Field(description="The replica's device, in words.")
-    budget_bytes: int = Field(description="Device memory this replica may use: memory.budget_gib, else its free memory at start.")
+    budget_bytes: int = Field(
+        description="Device memory this replica may use: memory.budget_gib, else its free memory at start."
+    )
     margin_bytes: int = Field(description="Kept free beyond the estimate (memory.margin_gib).")
-    weights_bytes: dict[str, int] = Field(description="Per component, weight bytes in the loaded format (wherever they live).")
+    weights_bytes: dict[str, int] = Field(
+        description="Per component, weight bytes in the loaded format (wherever they live)."
+    )
     resident_bytes: int = Field(description="Weight bytes on the device at the busiest moment, given the offload mode.")
     hidden: int = Field(description="Transformer width: heads x head dim.")
     ffn: int = Field(description="Transformer feed-forward width.")
@@ -154,20 +184,25 @@ class FitPlan(BaseModel):
     vae_spatial: int = Field(description="VAE spatial compression (8 for Wan2.1's, 16 for Wan2.2's).")
     vae_temporal: int = Field(description="VAE temporal compression (4).")
     vae_channels: int = Field(description="Channels of the VAE decoder's widest-resolution feature maps.")
-    vae_pixel_stride: int = Field(description="Pixels per side of the decoder's widest feature map (2 with Wan2.2's patchify, else 1).")
+    vae_pixel_stride: int = Field(
+        description="Pixels per side of the decoder's widest feature map (2 with Wan2.2's patchify, else 1)."
+    )
     vae_bytes: int = Field(description="Bytes per VAE activation element (its dtype).")
 
     def tokens(self, width: int, height: int, num_frames: int) -> int:
         """Transformer sequence length: latent frames x latent height x latent width / patch area."""
         latent_frames = (num_frames - 1) // self.vae_temporal + 1
         pt, ph, pw = self.patch
-        return (math.ceil(latent_frames / pt) * (height // self.vae_spatial // ph) * (width // self.vae_spatial // pw))
+        return math.ceil(latent_frames / pt) * (height // self.vae_spatial // ph) * (width // self.vae_spatial // pw)
 
     def activation_bytes(self, width: int, height: int, num_frames: int) -> int:
         """Peak activation bytes of one job: the larger of a transformer forward and the VAE decode
         (they never overlap), plus the decoded video in float32 (and its uint8 copy)."""
-        transformer = self.tokens(width, height, num_frames) * (
-            HIDDEN_TENSORS * self.hidden + FFN_TENSORS * self.ffn) * self.act_bytes
+        transformer = (
+            self.tokens(width, height, num_frames)
+            * (HIDDEN_TENSORS * self.hidden + FFN_TENSORS * self.ffn)
+            * self.act_bytes
+        )
         pixels = (height // self.vae_pixel_stride) * (width // self.vae_pixel_stride)
         vae = VAE_LIVE_MAPS * VAE_CHUNK_FRAMES * pixels * self.vae_channels * self.vae_bytes
         video = num_frames * height * width * 3 * (4 + 1)
@@ -195,7 +230,9 @@ def _resident(memory: MemoryConfig, weights: dict[str, ComponentWeights], comput
     layer's float8 weights to the compute dtype while it runs)."""
     upcast = 0
     if memory.quantization == "fp8_storage":
-        upcast = max((w.per_block for k, w in weights.items() if k.startswith("transformer")), default=0) * compute_bytes
+        upcast = (
+            max((w.per_block for k, w in weights.items() if k.startswith("transformer")), default=0) * compute_bytes
+        )
     return upcast + _placed(memory, weights)
 
 
@@ -253,14 +290,21 @@ def read_layout(folder: Path) -> WeightsLayout:
         OSError, ValueError: a config or a header cannot be read.
     """
     index = json.loads((folder / "model_index.json").read_text())
-    tensors = {name: read_tensors(folder / name) for name in ("transformer", "transformer_2", "text_encoder", "vae")
-               if isinstance(index.get(name), list) and index[name][0] is not None}
-    return WeightsLayout(tensors=tensors, transformer_config=json.loads((folder / "transformer" / "config.json").read_text()),
-                         vae_config=json.loads((folder / "vae" / "config.json").read_text()))
+    tensors = {
+        name: read_tensors(folder / name)
+        for name in ("transformer", "transformer_2", "text_encoder", "vae")
+        if isinstance(index.get(name), list) and index[name][0] is not None
+    }
+    return WeightsLayout(
+        tensors=tensors,
+        transformer_config=json.loads((folder / "transformer" / "config.json").read_text()),
+        vae_config=json.loads((folder / "vae" / "config.json").read_text()),
+    )
 
 
-def plan_fit(variant, weights: Path | WeightsLayout, budget_bytes: int, device: str,
-             memory: MemoryConfig | None = None) -> FitPlan:
+def plan_fit(
+    variant, weights: Path | WeightsLayout, budget_bytes: int, device: str, memory: MemoryConfig | None = None
+) -> FitPlan:
     """The FitPlan of ``variant`` (a VariantConfig) with its weights (a diffusers folder, or their
     layout), in ``memory`` (default: the variant's own mode), for a device with ``budget_bytes``.
 
@@ -278,12 +322,21 @@ def plan_fit(variant, weights: Path | WeightsLayout, budget_bytes: int, device: 
     mult = v.get("dim_mult") or [1]
     patchify = v.get("patch_size") or 1
     return FitPlan(
-        variant=variant.name, mode=describe_mode(memory), device=device, budget_bytes=budget_bytes,
-        margin_bytes=int(memory.margin_gib * GIB), weights_bytes={k: w.total for k, w in weights.items()},
-        resident_bytes=_resident(memory, weights, compute), hidden=t["num_attention_heads"] * t["attention_head_dim"],
-        ffn=t["ffn_dim"], act_bytes=compute, patch=list(t["patch_size"]),
-        vae_spatial=v.get("scale_factor_spatial", 8), vae_temporal=v.get("scale_factor_temporal", 4),
-        vae_channels=(v.get("decoder_base_dim") or v["base_dim"]) * mult[0], vae_pixel_stride=patchify,
+        variant=variant.name,
+        mode=describe_mode(memory),
+        device=device,
+        budget_bytes=budget_bytes,
+        margin_bytes=int(memory.margin_gib * GIB),
+        weights_bytes={k: w.total for k, w in weights.items()},
+        resident_bytes=_resident(memory, weights, compute),
+        hidden=t["num_attention_heads"] * t["attention_head_dim"],
+        ffn=t["ffn_dim"],
+        act_bytes=compute,
+        patch=list(t["patch_size"]),
+        vae_spatial=v.get("scale_factor_spatial", 8),
+        vae_temporal=v.get("scale_factor_temporal", 4),
+        vae_channels=(v.get("decoder_base_dim") or v["base_dim"]) * mult[0],
+        vae_pixel_stride=patchify,
         vae_bytes=vae_b,
     )
 
@@ -292,7 +345,10 @@ def plan_fit(variant, weights: Path | WeightsLayout, budget_bytes: int, device: 
 _ALTERNATIVES: tuple[tuple[str, dict], ...] = (
     ("quantization fp8_storage", {"quantization": "fp8_storage"}),
     ("text_encoder_device cpu", {"text_encoder_device": "cpu"}),
-    ("quantization fp8_storage with text_encoder_device cpu", {"quantization": "fp8_storage", "text_encoder_device": "cpu"}),
+    (
+        "quantization fp8_storage with text_encoder_device cpu",
+        {"quantization": "fp8_storage", "text_encoder_device": "cpu"},
+    ),
     ("quantization int8", {"quantization": "int8"}),
     ("offload model", {"offload": "model"}),
     ("offload group", {"offload": "group"}),
@@ -301,8 +357,9 @@ _ALTERNATIVES: tuple[tuple[str, dict], ...] = (
 )
 
 
-def suggestions(variant, weights: Path | WeightsLayout, budget_bytes: int, device_info, width: int, height: int,
-                num_frames: int) -> list[str]:
+def suggestions(
+    variant, weights: Path | WeightsLayout, budget_bytes: int, device_info, width: int, height: int, num_frames: int
+) -> list[str]:
     """Up to three alternative modes that would fit a job of this size and that ``device_info``
     (a DeviceInfo) can run, fastest first."""
     from model_store.memory_modes import ModeRefused, check_mode

@@ -36,7 +36,8 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError)):
         return False
     return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)) or (
-        isinstance(exc, OSError) and "connect" in str(exc).lower())
+        isinstance(exc, OSError) and "connect" in str(exc).lower()
+    )
 
 
 def local_folder(variant, settings: StoreSettings | None = None) -> Path | None:
@@ -64,26 +65,36 @@ def pull(variant, settings: StoreSettings | None = None, *, attempts: int | None
     attempts = attempts or settings.pull_attempts
     target = local_folder(variant, settings)
     if variant.weights.repo_id is None or target is None:
-        raise ValueError(f"variant {variant.name} has no weights.repo_id and local_path to pull into"
-                         + ("; it is a tiny twin: wan-serve models build-tiny" if variant.twin_of else ""))
+        raise ValueError(
+            f"variant {variant.name} has no weights.repo_id and local_path to pull into"
+            + ("; it is a tiny twin: wan-serve models build-tiny" if variant.twin_of else "")
+        )
     target.mkdir(parents=True, exist_ok=True)
 
-    @retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(attempts),
-           wait=wait_exponential(multiplier=2, max=60), reraise=True)
+    @retry(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=2, max=60),
+        reraise=True,
+    )
     def download() -> None:
         snapshot_download(variant.weights.repo_id, revision=variant.weights.revision, local_dir=target)
 
     try:
         download()
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise HubUnreachable(f"cannot reach the Hugging Face Hub at {_endpoint()} to pull {variant.weights.repo_id} "
-                             f"({type(exc).__name__}); local weights still load: put the diffusers folder at "
-                             f"{target}") from None
+        raise HubUnreachable(
+            f"cannot reach the Hugging Face Hub at {_endpoint()} to pull {variant.weights.repo_id} "
+            f"({type(exc).__name__}); local weights still load: put the diffusers folder at "
+            f"{target}"
+        ) from None
     except Exception as exc:
         if _transient(exc):
-            raise HubUnreachable(f"cannot reach the Hugging Face Hub at {_endpoint()} to pull "
-                                 f"{variant.weights.repo_id} after {attempts} attempts ({type(exc).__name__}); "
-                                 f"rerun to resume, or put the diffusers folder at {target}") from None
+            raise HubUnreachable(
+                f"cannot reach the Hugging Face Hub at {_endpoint()} to pull "
+                f"{variant.weights.repo_id} after {attempts} attempts ({type(exc).__name__}); "
+                f"rerun to resume, or put the diffusers folder at {target}"
+            ) from None
         raise
     return write_manifest(target, variant.name, "hub", variant.weights.repo_id, variant.weights.revision)
 

@@ -5,21 +5,19 @@ Real weights and tiny twins take exactly this path.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import logging
 
 import diffusers
 import torch
 
-from model_store.hub import local_folder, pull
-from model_store.weights_manifest import check_before_load, read_manifest
 from model_store.fit_check import GIB, FitPlan, gib, plan_fit, read_layout, suggestions
-from model_store.memory_modes import (DeviceInfo, apply_fp8_storage, check_mode, place, probe_device,
-                                      quantization_config)
+from model_store.hub import local_folder, pull
+from model_store.memory_modes import DeviceInfo, apply_fp8_storage, check_mode, place, probe_device, quantization_config
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
+from model_store.weights_manifest import check_before_load, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +83,8 @@ def check_fit(variant: VariantConfig, folder: Path, device_info: DeviceInfo) -> 
         raise WontFit(
             f"variant {variant.name} ({plan.mode}) needs {gib(plan.peak_bytes(size.width, size.height, frames))} "
             f"for its default request ({frames} frames at {size}), and {device_info.describe()} has "
-            f"{gib(budget)} {what}: {advice}")
+            f"{gib(budget)} {what}: {advice}"
+        )
     return plan
 
 
@@ -118,17 +117,23 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     device_info = probe_device(device)
     check_mode(memory, device_info, variant.name)
     folder = local_folder(variant, settings)
-    if folder is not None and variant.weights.repo_id and (
-            not folder.is_dir() or (read_manifest(folder) is None and (folder / ".cache" / "huggingface").is_dir())):
+    if (
+        folder is not None
+        and variant.weights.repo_id
+        and (not folder.is_dir() or (read_manifest(folder) is None and (folder / ".cache" / "huggingface").is_dir()))
+    ):
         # Missing, or a download that stopped before its manifest: fetch (resuming) into the store.
         logger.info("variant %s: weights not in the model store; pulling %s", variant.name, variant.weights.repo_id)
         pull(variant, settings)
     location = variant.weights_location(settings)
     fit = None
     if Path(location).is_dir():
-        fix = ("rebuild it: wan-serve models build-tiny --force" if variant.twin_of else
-               f"`wan-serve models verify {variant.name}` lists the bad files; `wan-serve models pull "
-               f"{variant.name}` fetches a good copy")
+        fix = (
+            "rebuild it: wan-serve models build-tiny --force"
+            if variant.twin_of
+            else f"`wan-serve models verify {variant.name}` lists the bad files; `wan-serve models pull "
+            f"{variant.name}` fetches a good copy"
+        )
         check_before_load(Path(location), f"variant {variant.name}", fix)
         fit = check_fit(variant, Path(location), device_info)
 
@@ -142,7 +147,8 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     if quant is not None:
         kwargs["quantization_config"] = quant
     pipe = pipeline_cls.from_pretrained(
-        location, dtype={"default": compute_dtype, "vae": _DTYPES[variant.vae_dtype]}, **kwargs)
+        location, dtype={"default": compute_dtype, "vae": _DTYPES[variant.vae_dtype]}, **kwargs
+    )
 
     # 3. The right weights for this variant.
     loaded_boundary = pipe.config.get("boundary_ratio")
@@ -158,8 +164,9 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     if memory.text_encoder_device == "cpu":
         # Every Wan pipeline encodes prompts with the same code (WanPipeline.encode_prompt), so a
         # WanPipeline of the tokenizer and text encoder alone serves all of them.
-        prompt_pipe = diffusers.WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=None,
-                                            scheduler=pipe.scheduler)
+        prompt_pipe = diffusers.WanPipeline(
+            tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=None, scheduler=pipe.scheduler
+        )
         prompt_pipe.set_progress_bar_config(disable=True)
         pipe.register_modules(text_encoder=None)
     place(pipe, memory, device)
@@ -189,9 +196,14 @@ def image_pipeline(pipe):
     """
     c = pipe.components
     i2v = diffusers.WanImageToVideoPipeline(
-        tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], vae=c["vae"], scheduler=c["scheduler"],
-        transformer=c["transformer"], transformer_2=c.get("transformer_2"),
-        boundary_ratio=pipe.config.get("boundary_ratio"), expand_timesteps=pipe.config.get("expand_timesteps", False),
+        tokenizer=c["tokenizer"],
+        text_encoder=c["text_encoder"],
+        vae=c["vae"],
+        scheduler=c["scheduler"],
+        transformer=c["transformer"],
+        transformer_2=c.get("transformer_2"),
+        boundary_ratio=pipe.config.get("boundary_ratio"),
+        expand_timesteps=pipe.config.get("expand_timesteps", False),
     )
     i2v.set_progress_bar_config(disable=True)
     return i2v

@@ -43,33 +43,52 @@ class MemoryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     quantization: Quantization = Field(
-        default="none", description="Weight format of the transformer(s): none, fp8_storage, fp8, int8 or nf4.")
+        default="none", description="Weight format of the transformer(s): none, fp8_storage, fp8, int8 or nf4."
+    )
     text_encoder_quantization: Quantization | None = Field(
-        default=None, description="Weight format of the UMT5 text encoder; None: the same as quantization.")
+        default=None, description="Weight format of the UMT5 text encoder; None: the same as quantization."
+    )
     offload: Offload = Field(default="none", description="none, model, group or sequential (see Offload).")
     group_offload_type: Literal["block_level", "leaf_level"] = Field(
-        default="block_level", description="offload: group only. block_level moves groups of transformer "
-        "blocks; leaf_level moves single layers (less memory, more transfers).")
+        default="block_level",
+        description="offload: group only. block_level moves groups of transformer "
+        "blocks; leaf_level moves single layers (less memory, more transfers).",
+    )
     group_offload_blocks: int = Field(
-        default=1, ge=1, description="offload: group, block_level only: transformer blocks per group.")
+        default=1, ge=1, description="offload: group, block_level only: transformer blocks per group."
+    )
     group_offload_stream: bool = Field(
-        default=True, description="offload: group only: prefetch the next group on a CUDA stream while the "
-        "current one computes (ignored without CUDA). Costs one extra group of device memory.")
+        default=True,
+        description="offload: group only: prefetch the next group on a CUDA stream while the "
+        "current one computes (ignored without CUDA). Costs one extra group of device memory.",
+    )
     text_encoder_device: Literal["auto", "cpu"] = Field(
-        default="auto", description="cpu keeps the text encoder (UMT5-XXL, about 11 GB in bf16) in host memory "
-        "and encodes prompts there, like the official --t5_cpu; auto: the pipeline's device.")
+        default="auto",
+        description="cpu keeps the text encoder (UMT5-XXL, about 11 GB in bf16) in host memory "
+        "and encodes prompts there, like the official --t5_cpu; auto: the pipeline's device.",
+    )
     vae_tiling: bool = Field(
-        default=False, description="Decode the video in spatial tiles (AutoencoderKLWan.enable_tiling): "
-        "less memory for the decode at 720P, slightly slower, may show faint seams.")
+        default=False,
+        description="Decode the video in spatial tiles (AutoencoderKLWan.enable_tiling): "
+        "less memory for the decode at 720P, slightly slower, may show faint seams.",
+    )
     budget_gib: float | None = Field(
-        default=None, gt=0, description="Device memory this replica may use, GiB; None: the free memory of its "
-        "device at start. Lower it on a GPU shared with other work.")
+        default=None,
+        gt=0,
+        description="Device memory this replica may use, GiB; None: the free memory of its "
+        "device at start. Lower it on a GPU shared with other work.",
+    )
     margin_gib: float = Field(
-        default=2.0, ge=0, description="Kept free beyond the estimate, GiB: the caching allocator's "
-        "fragmentation (a few percent of an 80 GB device), small buffers the estimate leaves out, and its error.")
+        default=2.0,
+        ge=0,
+        description="Kept free beyond the estimate, GiB: the caching allocator's "
+        "fragmentation (a few percent of an 80 GB device), small buffers the estimate leaves out, and its error.",
+    )
     fit_check: bool = Field(
-        default=True, description="Check the estimate against the budget before loading, and every request "
-        "before queueing it. Off: load and run whatever is asked, and meet out-of-memory errors instead.")
+        default=True,
+        description="Check the estimate against the budget before loading, and every request "
+        "before queueing it. Off: load and run whatever is asked, and meet out-of-memory errors instead.",
+    )
 
     @property
     def text_encoder_format(self) -> Quantization:
@@ -77,8 +96,10 @@ class MemoryConfig(BaseModel):
         return self.text_encoder_quantization or self.quantization
 
     @model_validator(mode="after")
-    def _check(self) -> "MemoryConfig":
+    def _check(self) -> MemoryConfig:
         if self.text_encoder_device == "cpu" and self.offload in ("model", "sequential"):
-            raise ValueError(f"text_encoder_device: cpu with offload: {self.offload} places the text encoder twice; "
-                             f"offload {self.offload} already keeps it in host memory between prompts: choose one")
+            raise ValueError(
+                f"text_encoder_device: cpu with offload: {self.offload} places the text encoder twice; "
+                f"offload {self.offload} already keeps it in host memory between prompts: choose one"
+            )
         return self

@@ -55,8 +55,9 @@ def probe_device(device: torch.device) -> DeviceInfo:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return DeviceInfo("cuda", torch.cuda.get_device_name(index), total, free,
-                          tuple(torch.cuda.get_device_capability(index)))
+        return DeviceInfo(
+            "cuda", torch.cuda.get_device_name(index), total, free, tuple(torch.cuda.get_device_capability(index))
+        )
     import psutil
 
     vm = psutil.virtual_memory()
@@ -70,23 +71,31 @@ def _has(module: str) -> bool:
 def _format_refusal(part: str, fmt: Quantization, device: DeviceInfo) -> str | None:
     """Why ``fmt`` cannot run on ``device`` (None when it can)."""
     if fmt == "nf4" and device.kind != "cuda":
-        return (f"{part} nf4 needs bitsandbytes on a CUDA GPU and this replica runs on {device.describe()}; "
-                "on CPU use int8 (torchao int8 weight-only) or fp8_storage")
+        return (
+            f"{part} nf4 needs bitsandbytes on a CUDA GPU and this replica runs on {device.describe()}; "
+            "on CPU use int8 (torchao int8 weight-only) or fp8_storage"
+        )
     if fmt == "fp8":
         if device.kind != "cuda":
-            return (f"{part} fp8 (torchao float8 matmuls) needs a CUDA GPU of compute capability 8.9 or newer and "
-                    f"this replica runs on {device.describe()}; use fp8_storage (the same weight bytes, "
-                    "computed in bf16), which runs anywhere")
+            return (
+                f"{part} fp8 (torchao float8 matmuls) needs a CUDA GPU of compute capability 8.9 or newer and "
+                f"this replica runs on {device.describe()}; use fp8_storage (the same weight bytes, "
+                "computed in bf16), which runs anywhere"
+            )
         if device.capability is not None and device.capability < FP8_MIN_CAPABILITY:
-            return (f"{part} fp8 needs float8 tensor cores (compute capability 8.9 or newer: Ada, Hopper) and "
-                    f"{device.describe()} has none; use fp8_storage (same weight bytes, computed in bf16) or int8")
+            return (
+                f"{part} fp8 needs float8 tensor cores (compute capability 8.9 or newer: Ada, Hopper) and "
+                f"{device.describe()} has none; use fp8_storage (same weight bytes, computed in bf16) or int8"
+            )
         if not _has("torchao"):
             return f"{part} fp8 needs torchao, which is not installed: pip install torchao"
     if fmt == "int8" and device.kind != "cuda" and not _has("torchao"):
         return f"{part} int8 on CPU needs torchao, which is not installed: pip install torchao"
     if fmt in ("int8", "nf4") and device.kind == "cuda" and not _has("bitsandbytes"):
-        return (f"{part} {fmt} on CUDA needs bitsandbytes, which is not installed: pip install bitsandbytes "
-                "(the project's [gpu] extra), or use fp8_storage")
+        return (
+            f"{part} {fmt} on CUDA needs bitsandbytes, which is not installed: pip install bitsandbytes "
+            "(the project's [gpu] extra), or use fp8_storage"
+        )
     return None
 
 
@@ -97,11 +106,19 @@ def check_mode(memory: MemoryConfig, device: DeviceInfo, variant_name: str) -> N
         ModeRefused: e.g. nf4 on CPU, fp8 below compute capability 8.9, offload on a CPU replica,
             or a quantization library that is not installed.
     """
-    problems = [p for p in (_format_refusal("quantization", memory.quantization, device),
-                            _format_refusal("text_encoder_quantization", memory.text_encoder_format, device)) if p]
+    problems = [
+        p
+        for p in (
+            _format_refusal("quantization", memory.quantization, device),
+            _format_refusal("text_encoder_quantization", memory.text_encoder_format, device),
+        )
+        if p
+    ]
     if memory.offload != "none" and device.kind != "cuda":
-        problems.append(f"offload {memory.offload} moves weights between host and GPU memory, and this replica runs "
-                        "on CPU, where they already are in host memory; use offload: none")
+        problems.append(
+            f"offload {memory.offload} moves weights between host and GPU memory, and this replica runs "
+            "on CPU, where they already are in host memory; use offload: none"
+        )
     if problems:
         raise ModeRefused(f"variant {variant_name}: memory mode refused: " + "; ".join(dict.fromkeys(problems)))
 
@@ -112,7 +129,9 @@ def component_quantization_config(fmt: Quantization, device: DeviceInfo, compute
         return None
     lib = importlib.import_module(library)
     if fmt == "nf4":
-        return lib.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+        return lib.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
+        )
     if fmt == "int8" and device.kind == "cuda":
         return lib.BitsAndBytesConfig(load_in_8bit=True)
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig
@@ -131,7 +150,9 @@ def quantization_config(memory: MemoryConfig, device: DeviceInfo, compute_dtype:
     if transformer is not None:
         mapping["transformer"] = transformer
         if has_second_expert:
-            mapping["transformer_2"] = component_quantization_config(memory.quantization, device, compute_dtype, "diffusers")
+            mapping["transformer_2"] = component_quantization_config(
+                memory.quantization, device, compute_dtype, "diffusers"
+            )
     text = component_quantization_config(memory.text_encoder_format, device, compute_dtype, "transformers")
     if text is not None:
         mapping["text_encoder"] = text
@@ -150,8 +171,12 @@ def apply_fp8_storage(pipe, memory: MemoryConfig, compute_dtype: torch.dtype) ->
             if module is not None:
                 module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
     if memory.text_encoder_format == "fp8_storage" and getattr(pipe, "text_encoder", None) is not None:
-        apply_layerwise_casting(pipe.text_encoder, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
-                                skip_modules_pattern=TEXT_ENCODER_FP8_SKIP)
+        apply_layerwise_casting(
+            pipe.text_encoder,
+            storage_dtype=torch.float8_e4m3fn,
+            compute_dtype=compute_dtype,
+            skip_modules_pattern=TEXT_ENCODER_FP8_SKIP,
+        )
 
 
 def place(pipe, memory: MemoryConfig, device: torch.device) -> None:
@@ -168,18 +193,26 @@ def place(pipe, memory: MemoryConfig, device: torch.device) -> None:
     elif memory.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
-        kwargs = {"num_blocks_per_group": memory.group_offload_blocks} if memory.group_offload_type == "block_level" else {}
+        kwargs = (
+            {"num_blocks_per_group": memory.group_offload_blocks} if memory.group_offload_type == "block_level" else {}
+        )
         # The VAE (about 0.5 GB for Wan2.1's, 1.4 GB for Wan2.2's in fp32) stays on the device: its decode
         # runs once per job over large activations, where moving its weights would buy little.
         pipe.enable_group_offload(
-            onload_device=device, offload_device=torch.device("cpu"), offload_type=memory.group_offload_type,
-            use_stream=memory.group_offload_stream and device.type == "cuda", exclude_modules=["vae"], **kwargs)
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type=memory.group_offload_type,
+            use_stream=memory.group_offload_stream and device.type == "cuda",
+            exclude_modules=["vae"],
+            **kwargs,
+        )
         pipe.vae.to(device)
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
     """Bytes held by ``module``'s parameters and buffers, counting the inner tensors of tensor
     subclasses (torchao's quantized weights keep int8 data plus scales inside one Parameter)."""
+
     def size(t: torch.Tensor) -> int:
         if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
             names, _ = t.__tensor_flatten__()

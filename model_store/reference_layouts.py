@@ -19,25 +19,64 @@ import torch
 
 from model_store.fit_check import TensorInfo, WeightsLayout
 
-_WAN14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-               text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-               qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+_WAN14B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
 _WAN5B = dict(_WAN14B, num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48)
-_WAN21_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
-_WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
-                  patch_size=2, dim_mult=[1, 2, 4, 4], num_res_blocks=2, scale_factor_spatial=16,
-                  scale_factor_temporal=4, temperal_downsample=[False, True, True])
-_UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+_WAN21_VAE = dict(
+    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+)
+_WAN22_VAE = dict(
+    base_dim=160,
+    decoder_base_dim=256,
+    z_dim=48,
+    in_channels=12,
+    out_channels=12,
+    is_residual=True,
+    patch_size=2,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    temperal_downsample=[False, True, True],
+)
+_UMT5_XXL = dict(
+    vocab_size=256384,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    is_encoder_decoder=False,
+    use_cache=False,
+)
 
 #: Real variant -> (transformer class, its config, second expert?, VAE config).
 REFERENCE = {
     "t2v-a14b": ("WanTransformer3DModel", _WAN14B, True, _WAN21_VAE),
     "i2v-a14b": ("WanTransformer3DModel", dict(_WAN14B, in_channels=36), True, _WAN21_VAE),
     "ti2v-5b": ("WanTransformer3DModel", _WAN5B, False, _WAN22_VAE),
-    "vace-14b": ("WanVACETransformer3DModel", dict(_WAN14B, vace_layers=list(range(0, 40, 5)), vace_in_channels=96),
-                 False, _WAN21_VAE),
+    "vace-14b": (
+        "WanVACETransformer3DModel",
+        dict(_WAN14B, vace_layers=list(range(0, 40, 5)), vace_in_channels=96),
+        False,
+        _WAN21_VAE,
+    ),
 }
 
 
@@ -60,9 +99,13 @@ def reference_layout(variant: str) -> WeightsLayout:
         transformer = getattr(diffusers, cls)(**config)
         text = UMT5EncoderModel(UMT5Config(**_UMT5_XXL))
         autoencoder = diffusers.AutoencoderKLWan(**vae)
-    tensors = {"transformer": _tensors(transformer, "BF16"), "text_encoder": _tensors(text, "BF16"),
-               "vae": _tensors(autoencoder, "F32")}
+    tensors = {
+        "transformer": _tensors(transformer, "BF16"),
+        "text_encoder": _tensors(text, "BF16"),
+        "vae": _tensors(autoencoder, "F32"),
+    }
     if two:
         tensors["transformer_2"] = tensors["transformer"]
-    return WeightsLayout(tensors=tensors, transformer_config=dict(transformer.config),
-                         vae_config=dict(autoencoder.config))
+    return WeightsLayout(
+        tensors=tensors, transformer_config=dict(transformer.config), vae_config=dict(autoencoder.config)
+    )

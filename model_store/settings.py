@@ -21,8 +21,11 @@ class StoreSettings(BaseSettings):
         "(env WAN_SERVE_MODEL_DIR).",
     )
     pull_attempts: int = Field(
-        default=4, ge=1, description="Attempts of one `models pull` before it gives up, each resuming the last "
-        "(env WAN_SERVE_PULL_ATTEMPTS).")
+        default=4,
+        ge=1,
+        description="Attempts of one `models pull` before it gives up, each resuming the last "
+        "(env WAN_SERVE_PULL_ATTEMPTS).",
+    )
     configs_dir: Path = Field(
         default=PROJECT_ROOT / "configs",
         description="Folder of variant YAML files, one per variant (env WAN_SERVE_CONFIGS_DIR).",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import shutil
 import string
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -27,12 +27,62 @@ from model_store.variants import VariantConfig, load_variant
 from model_store.weights_manifest import read_manifest, write_manifest
 
 # Words that get their own tokenizer piece; everything else falls back to characters.
-_TOKENIZER_WORDS = (
-    "a an the of in on at to with and is are over under through cat dog bird cockatoo astronaut "
-    "city street beach forest ocean river mountain sky sunset sunrise night day rain snow light "
-    "red blue green gold white black camera slow motion close up wide shot walking running flying "
-    "dancing video cinematic"
-).split()
+_TOKENIZER_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "at",
+    "to",
+    "with",
+    "and",
+    "is",
+    "are",
+    "over",
+    "under",
+    "through",
+    "cat",
+    "dog",
+    "bird",
+    "cockatoo",
+    "astronaut",
+    "city",
+    "street",
+    "beach",
+    "forest",
+    "ocean",
+    "river",
+    "mountain",
+    "sky",
+    "sunset",
+    "sunrise",
+    "night",
+    "day",
+    "rain",
+    "snow",
+    "light",
+    "red",
+    "blue",
+    "green",
+    "gold",
+    "white",
+    "black",
+    "camera",
+    "slow",
+    "motion",
+    "close",
+    "up",
+    "wide",
+    "shot",
+    "walking",
+    "running",
+    "flying",
+    "dancing",
+    "video",
+    "cinematic",
+]
 
 
 def build_tokenizer():
@@ -54,9 +104,7 @@ def build_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
-    return T5TokenizerFast(
-        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0
-    )
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
 
 
 _TEXT_DIM = 32
@@ -69,23 +117,41 @@ def _tiny_text_encoder(tokenizer, seed: int):
     torch.manual_seed(seed)
     return UMT5EncoderModel(
         UMT5Config(
-            vocab_size=len(tokenizer), d_model=_TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=32, relative_attention_max_distance=128,
-            feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+            vocab_size=len(tokenizer),
+            d_model=_TEXT_DIM,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+            feed_forward_proj="gated-gelu",
+            is_encoder_decoder=False,
+            use_cache=False,
         )
     )
 
 
-def _tiny_transformer(seed: int, in_channels: int, out_channels: int, cls_name: str = "WanTransformer3DModel",
-                      **extra):
+def _tiny_transformer(seed: int, in_channels: int, out_channels: int, cls_name: str = "WanTransformer3DModel", **extra):
     """A 2-layer Wan transformer with the real patch (1, 2, 2), qk norm and RoPE settings."""
     import diffusers
 
     torch.manual_seed(seed)
     return getattr(diffusers, cls_name)(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=in_channels,
-        out_channels=out_channels, text_dim=_TEXT_DIM, freq_dim=256, ffn_dim=64, num_layers=2,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **extra,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        text_dim=_TEXT_DIM,
+        freq_dim=256,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=1024,
+        **extra,
     )
 
 
@@ -96,8 +162,13 @@ def _tiny_wan21_vae(seed: int):
 
     torch.manual_seed(seed)
     return AutoencoderKLWan(
-        base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+        base_dim=4,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16,
+        latents_std=[1.0] * 16,
     )
 
 
@@ -130,13 +201,30 @@ def build_ti2v_5b_tiny(seed: int = 0):
     vae = AutoencoderKLWan(
         # Width 4 with a flat dim_mult: the decoder runs at full 1280x704 on CPU, where its
         # conv3d and channel RMS norms dominate a tiny job (measured: width 8 is ~2.5x slower).
-        base_dim=4, decoder_base_dim=4, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
-        patch_size=2, latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+        base_dim=4,
+        decoder_base_dim=4,
+        z_dim=48,
+        in_channels=12,
+        out_channels=12,
+        is_residual=True,
+        patch_size=2,
+        latents_mean=[0.0] * 48,
+        latents_std=[1.0] * 48,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        temperal_downsample=[False, True, True],
     )
     return WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
-        scheduler=_flow_unipc(5.0), transformer_2=None, boundary_ratio=None, expand_timesteps=True,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=vae,
+        scheduler=_flow_unipc(5.0),
+        transformer_2=None,
+        boundary_ratio=None,
+        expand_timesteps=True,
     )
 
 
@@ -153,9 +241,14 @@ def build_t2v_a14b_tiny(seed: int = 0):
 
     tokenizer = build_tokenizer()
     return WanPipeline(
-        tokenizer=tokenizer, text_encoder=_tiny_text_encoder(tokenizer, seed),
-        transformer=_tiny_transformer(seed, 16, 16), transformer_2=_tiny_transformer(seed + 1, 16, 16),
-        vae=_tiny_wan21_vae(seed), scheduler=_flow_unipc(12.0), boundary_ratio=0.875, expand_timesteps=False,
+        tokenizer=tokenizer,
+        text_encoder=_tiny_text_encoder(tokenizer, seed),
+        transformer=_tiny_transformer(seed, 16, 16),
+        transformer_2=_tiny_transformer(seed + 1, 16, 16),
+        vae=_tiny_wan21_vae(seed),
+        scheduler=_flow_unipc(12.0),
+        boundary_ratio=0.875,
+        expand_timesteps=False,
     )
 
 
@@ -171,10 +264,16 @@ def build_i2v_a14b_tiny(seed: int = 0):
 
     tokenizer = build_tokenizer()
     return WanImageToVideoPipeline(
-        tokenizer=tokenizer, text_encoder=_tiny_text_encoder(tokenizer, seed),
-        transformer=_tiny_transformer(seed, 36, 16), transformer_2=_tiny_transformer(seed + 1, 36, 16),
-        vae=_tiny_wan21_vae(seed), scheduler=_flow_unipc(5.0), image_processor=None, image_encoder=None,
-        boundary_ratio=0.9, expand_timesteps=False,
+        tokenizer=tokenizer,
+        text_encoder=_tiny_text_encoder(tokenizer, seed),
+        transformer=_tiny_transformer(seed, 36, 16),
+        transformer_2=_tiny_transformer(seed + 1, 36, 16),
+        vae=_tiny_wan21_vae(seed),
+        scheduler=_flow_unipc(5.0),
+        image_processor=None,
+        image_encoder=None,
+        boundary_ratio=0.9,
+        expand_timesteps=False,
     )
 
 
@@ -190,10 +289,13 @@ def build_vace_14b_tiny(seed: int = 0):
 
     tokenizer = build_tokenizer()
     return WanVACEPipeline(
-        tokenizer=tokenizer, text_encoder=_tiny_text_encoder(tokenizer, seed),
-        transformer=_tiny_transformer(seed, 16, 16, "WanVACETransformer3DModel", vace_layers=[0, 1],
-                                      vace_in_channels=96),
-        vae=_tiny_wan21_vae(seed), scheduler=_flow_unipc(5.0),
+        tokenizer=tokenizer,
+        text_encoder=_tiny_text_encoder(tokenizer, seed),
+        transformer=_tiny_transformer(
+            seed, 16, 16, "WanVACETransformer3DModel", vace_layers=[0, 1], vace_in_channels=96
+        ),
+        vae=_tiny_wan21_vae(seed),
+        scheduler=_flow_unipc(5.0),
     )
 
 
@@ -206,8 +308,9 @@ TINY_BUILDERS: dict[str, Callable[[int], object]] = {
 }
 
 
-def save_tiny_twin(variant: VariantConfig, settings: StoreSettings | None = None, *, seed: int = 0,
-                   force: bool = False) -> Path:
+def save_tiny_twin(
+    variant: VariantConfig, settings: StoreSettings | None = None, *, seed: int = 0, force: bool = False
+) -> Path:
     """Build ``variant``'s tiny twin and save it in diffusers layout at its ``weights.local_path``.
 
     Written to a temporary folder beside the target and renamed, so a half-written
@@ -243,8 +346,9 @@ def save_tiny_twin(variant: VariantConfig, settings: StoreSettings | None = None
     return target
 
 
-def ensure_tiny_twins(names: list[str] | None = None, settings: StoreSettings | None = None, *,
-                      force: bool = False) -> list[Path]:
+def ensure_tiny_twins(
+    names: list[str] | None = None, settings: StoreSettings | None = None, *, force: bool = False
+) -> list[Path]:
     """Build every missing tiny twin among ``names`` (default: all known), or all of them with ``force``.
 
     Returns their folders.

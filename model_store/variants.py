@@ -8,7 +8,7 @@ the defaults differ.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,11 +18,45 @@ from model_store.settings import StoreSettings
 
 #: The output sizes the HTTP API accepts, as "WIDTHxHEIGHT" (pixels): 720P and 480P in both
 #: orientations, the sizes the Wan2.2 README lists for the A14B models (TI2V-5B serves 720P only).
-API_SIZES: tuple[str, ...] = ("1280x720", "720x1280", "832x480", "480x832")
+ApiSize = Literal["1280x720", "720x1280", "832x480", "480x832"]
+API_SIZES: tuple[str, ...] = get_args(ApiSize)
 
 #: What a variant does with its inputs. t2v: text only; i2v: text + first frame (+ optional last
 #: frame); ti2v: text with an optional first frame; vace: text + source video + mask (inpainting).
 Task = Literal["t2v", "i2v", "ti2v", "vace"]
+
+
+class TaskUploads(BaseModel):
+    """The files a task takes (multipart fields of POST /generate)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    required: tuple[str, ...] = Field(default=(), description="Fields a request must send.")
+    optional: tuple[str, ...] = Field(default=(), description="Fields a request may send.")
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+#: The one table of which task takes which uploads. ``reference_images`` may repeat.
+TASK_UPLOADS: dict[str, TaskUploads] = {
+    "t2v": TaskUploads(),
+    "i2v": TaskUploads(required=("image",), optional=("last_image",)),
+    "ti2v": TaskUploads(optional=("image",)),
+    "vace": TaskUploads(required=("video", "mask"), optional=("reference_images",)),
+}
+assert tuple(TASK_UPLOADS) == get_args(Task)
+
+
+def upload_roles(field: str) -> str:
+    """Which tasks need or take upload ``field``, e.g. ``required for i2v; optional for ti2v``."""
+    required = [t for t, u in TASK_UPLOADS.items() if field in u.required]
+    optional = [t for t, u in TASK_UPLOADS.items() if field in u.optional]
+    parts = ([f"required for {', '.join(required)}"] if required else []) + (
+        [f"optional for {', '.join(optional)}"] if optional else []
+    )
+    return "; ".join(parts)
 
 
 class VariantNotFound(LookupError):
@@ -38,7 +72,7 @@ class Size(BaseModel):
     height: int = Field(gt=0, description="Frame height in pixels.")
 
     @classmethod
-    def parse(cls, text: str) -> "Size":
+    def parse(cls, text: str) -> Size:
         """Parse ``"1280x720"`` into ``Size(width=1280, height=720)``; raises ValueError otherwise."""
         w, sep, h = text.partition("x")
         if not sep or not w.isdigit() or not h.isdigit():
@@ -63,7 +97,7 @@ class WeightsSource(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "WeightsSource":
+    def _one_source(self) -> WeightsSource:
         if self.repo_id is None and self.local_path is None:
             raise ValueError("weights need a repo_id or a local_path")
         return self
@@ -77,10 +111,15 @@ class DeploymentOptions(BaseModel):
     num_replicas: int = Field(default=1, ge=1, description="Generator replicas; one per GPU on GPU configs.")
     num_gpus: float = Field(default=0, ge=0, description="ray_actor_options.num_gpus per replica: 1 on GPU, 0 on CPU.")
     num_cpus: float = Field(default=1, ge=0, description="ray_actor_options.num_cpus per replica.")
-    torch_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads in the replica; None keeps torch's default.")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch.set_num_threads in the replica; None keeps torch's default."
+    )
     max_loaded_adapters: int = Field(
-        default=4, ge=1, description="LoRA adapter sets a replica keeps loaded (Ray Serve multiplexing LRU); "
-        "jobs go to a replica that has their set. A rank-64 LoRA of a 14B expert is a few hundred MB.")
+        default=4,
+        ge=1,
+        description="LoRA adapter sets a replica keeps loaded (Ray Serve multiplexing LRU); "
+        "jobs go to a replica that has their set. A rank-64 LoRA of a 14B expert is a few hundred MB.",
+    )
 
 
 class Timeouts(BaseModel):
@@ -90,7 +129,9 @@ class Timeouts(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    load_s: float = Field(default=3600.0, gt=0, description="Loading the pipeline (and warm-up) in a replica's constructor.")
+    load_s: float = Field(
+        default=3600.0, gt=0, description="Loading the pipeline (and warm-up) in a replica's constructor."
+    )
     generate_s: float = Field(default=7200.0, gt=0, description="Prompt encoding, denoising and VAE decode of one job.")
     encode_s: float = Field(default=600.0, gt=0, description="Writing one result file (MP4, WebM or zip).")
 
@@ -106,7 +147,9 @@ class GenerationDefaults(BaseModel):
         ge=0, description="Classifier-free guidance scale (of the high-noise expert on A14B); <= 1 disables CFG."
     )
     guidance_scale_2: float | None = Field(
-        default=None, ge=0, description="Guidance scale of the low-noise expert (A14B only); None: same as guidance_scale."
+        default=None,
+        ge=0,
+        description="Guidance scale of the low-noise expert (A14B only); None: same as guidance_scale.",
     )
     negative_prompt: str = Field(default="", description="Negative prompt used when the request sends none.")
 
@@ -119,8 +162,11 @@ class Limits(BaseModel):
     max_num_frames: int = Field(ge=1, description="Largest num_frames a request may ask for.")
     max_inference_steps: int = Field(ge=1, description="Largest num_inference_steps a request may ask for.")
     max_input_side: int = Field(
-        default=4096, ge=16, description="Longest side, in pixels, of an uploaded image or video frame. "
-        "4096 is 4K DCI width: any real camera frame fits, and a decoded 4096x4096 RGB image is 48 MiB.")
+        default=4096,
+        ge=16,
+        description="Longest side, in pixels, of an uploaded image or video frame. "
+        "4096 is 4K DCI width: any real camera frame fits, and a decoded 4096x4096 RGB image is 48 MiB.",
+    )
     max_upload_bytes: int = Field(default=256 * 2**20, ge=1, description="Largest single uploaded file, bytes.")
     max_reference_images: int = Field(default=3, ge=0, description="Reference images a VACE request may send.")
 
@@ -140,8 +186,12 @@ class VariantConfig(BaseModel):
     )
     task: Task = Field(description="Which inputs the variant takes: t2v, i2v, ti2v or vace (see Task).")
     boundary_ratio: float | None = Field(
-        default=None, gt=0, lt=1, description="A14B only: fraction of the 1000 training timesteps above which the "
-        "high-noise expert runs. Checked against the loaded pipeline's config.")
+        default=None,
+        gt=0,
+        lt=1,
+        description="A14B only: fraction of the 1000 training timesteps above which the "
+        "high-noise expert runs. Checked against the loaded pipeline's config.",
+    )
     weights: WeightsSource = Field(description="Where the weights come from.")
     tiny_twin: str | None = Field(default=None, description="Name of this variant's tiny random-weight twin, if any.")
     twin_of: str | None = Field(default=None, description="For a tiny twin: the real variant it mirrors.")
@@ -169,11 +219,16 @@ class VariantConfig(BaseModel):
         default="auto", description="Device the pipeline runs on; auto picks cuda when the replica has a GPU."
     )
     max_sequence_length: int = Field(default=512, ge=1, description="Text tokens per prompt (Wan uses 512).")
-    warmup: bool = Field(default=True, description="Run one short generation at replica start so the first job is not slow.")
+    warmup: bool = Field(
+        default=True, description="Run one short generation at replica start so the first job is not slow."
+    )
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Per-phase time limits of a job, seconds.")
-    memory: MemoryConfig = Field(default_factory=MemoryConfig, description="Quantization, offload, text encoder "
-                                 "placement, VAE tiling and the fit check's budget (model_store/memory_config.py).")
+    memory: MemoryConfig = Field(
+        default_factory=MemoryConfig,
+        description="Quantization, offload, text encoder "
+        "placement, VAE tiling and the fit check's budget (model_store/memory_config.py).",
+    )
 
     @property
     def longest_job_s(self) -> float:
@@ -182,22 +237,29 @@ class VariantConfig(BaseModel):
         return self.timeouts.generate_s + self.timeouts.encode_s
 
     @model_validator(mode="after")
-    def _check(self) -> "VariantConfig":
+    def _check(self) -> VariantConfig:
         unknown = set(self.native_sizes) - set(API_SIZES)
         if unknown:
             raise ValueError(f"native_sizes keys must be among {API_SIZES}, got {sorted(unknown)}")
         if not self.native_sizes:
             raise ValueError("native_sizes must map at least one API size")
         if (self.boundary_ratio is None) != (self.defaults.guidance_scale_2 is None):
-            raise ValueError("boundary_ratio and defaults.guidance_scale_2 go together: both for A14B, neither otherwise")
+            raise ValueError(
+                "boundary_ratio and defaults.guidance_scale_2 go together: both for A14B, neither otherwise"
+            )
         if not self.frames_ok(self.defaults.num_frames):
             raise ValueError(f"defaults.num_frames={self.defaults.num_frames} breaks the {self.frame_rule} rule")
         return self
 
     @property
+    def uploads(self) -> TaskUploads:
+        """The files this variant's task takes (TASK_UPLOADS)."""
+        return TASK_UPLOADS[self.task]
+
+    @property
     def takes_image(self) -> bool:
-        """True when a first-frame ``image`` is accepted (i2v requires it, ti2v allows it)."""
-        return self.task in ("i2v", "ti2v")
+        """True when a first-frame ``image`` is accepted (TASK_UPLOADS)."""
+        return "image" in self.uploads.accepted
 
     @property
     def frame_rule(self) -> str:
@@ -207,6 +269,13 @@ class VariantConfig(BaseModel):
     def frames_ok(self, num_frames: int) -> bool:
         """True when ``num_frames`` is ``k * temporal_compression + 1`` for some k >= 0."""
         return num_frames >= 1 and (num_frames - 1) % self.temporal_compression == 0
+
+    def round_frames(self, frames: float, down: bool = False) -> int:
+        """The frame count of the form ``k * temporal_compression + 1`` (k >= 0) nearest to ``frames``,
+        or the largest not above it with ``down`` (what a clip of that many frames can give)."""
+        step = self.temporal_compression
+        k = (frames - 1) // step if down else round((frames - 1) / step)
+        return int(max(k, 0)) * step + 1
 
     def weights_location(self, settings: StoreSettings | None = None) -> str:
         """The string to hand to ``from_pretrained``: an absolute local folder if it exists, else the repo id.
@@ -231,7 +300,9 @@ class VariantConfig(BaseModel):
 def _merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 

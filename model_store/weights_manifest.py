@@ -9,6 +9,7 @@ mtime, so a flipped byte is caught at the next load; ``wan-serve models verify``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -75,22 +76,23 @@ def _stat_key(path: Path) -> list[int]:
 
 
 def _save_stats(folder: Path, stats: dict[str, list[int]]) -> None:
-    try:
+    # A read-only folder (a mounted volume) keeps no stats: every load hashes again, which is only slower.
+    with contextlib.suppress(OSError):
         (folder / STAT_NAME).write_text(json.dumps(stats))
-    except OSError:
-        pass  # a read-only folder (a mounted volume): every load hashes again, which is only slower
 
 
-def write_manifest(folder: Path, name: str, source: str, repo_id: str | None = None,
-                   revision: str | None = None) -> Manifest:
+def write_manifest(
+    folder: Path, name: str, source: str, repo_id: str | None = None, revision: str | None = None
+) -> Manifest:
     """Hash every file under ``folder`` and write ``MANIFEST_NAME`` (and the stat record)."""
     files, stats = {}, {}
     for rel in _listed(folder):
         path = folder / rel
         files[rel] = ManifestEntry(size=path.stat().st_size, sha256=sha256_file(path))
         stats[rel] = _stat_key(path)
-    manifest = Manifest(name=name, source=source, repo_id=repo_id, revision=revision, created_at=time.time(),
-                        files=files)
+    manifest = Manifest(
+        name=name, source=source, repo_id=repo_id, revision=revision, created_at=time.time(), files=files
+    )
     (folder / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
     _save_stats(folder, stats)
     return manifest

@@ -51,7 +51,7 @@ def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for
     latest: dict[str, str | None] = {}
     if not offline and repos:
         with ThreadPoolExecutor(len(repos)) as pool:
-            latest = dict(zip(repos, pool.map(hub_revision, repos)))
+            latest = dict(zip(repos, pool.map(hub_revision, repos), strict=True))
     table = Table("variant", "task", "weights", "revision", "size", "state", "hub", box=None, pad_edge=False)
     for v in variants:
         folder = local_folder(v)
@@ -60,18 +60,33 @@ def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for
         hub = "-"
         if v.weights.repo_id:
             newest = latest.get(v.weights.repo_id)
-            hub = ("not asked" if offline else "unreachable" if newest is None else
-                   "up to date" if newest == v.weights.revision else f"newer: {newest[:12]}")
+            hub = (
+                "not asked"
+                if offline
+                else "unreachable"
+                if newest is None
+                else "up to date"
+                if newest == v.weights.revision
+                else f"newer: {newest[:12]}"
+            )
         size = disk_bytes(folder) if folder is not None else 0
-        table.add_row(v.name, v.task, where, revision, gib(size).lstrip("~") if size else "-",
-                      verified_state(folder) if folder is not None else "-", hub)
+        table.add_row(
+            v.name,
+            v.task,
+            where,
+            revision,
+            gib(size).lstrip("~") if size else "-",
+            verified_state(folder) if folder is not None else "-",
+            hub,
+        )
     Console(width=200).print(table)
     adapters = list_adapters()
     if adapters:
         t = Table("adapter", "base", "experts", "size", "state", box=None, pad_edge=False)
         for a in adapters:
-            t.add_row(a.name, a.base, ", ".join(a.experts), gib(disk_bytes(a.folder)).lstrip("~"),
-                      verified_state(a.folder))
+            t.add_row(
+                a.name, a.base, ", ".join(a.experts), gib(disk_bytes(a.folder)).lstrip("~"), verified_state(a.folder)
+            )
         Console(width=200).print(t)
 
 
@@ -87,8 +102,10 @@ def pull_model(variant: str = typer.Argument(..., help="Variant name, e.g. ti2v-
     except (HubUnreachable, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{v.name}: {len(manifest.files)} files, {manifest.size_bytes / 2**30:.2f} GiB at "
-               f"{manifest.repo_id}@{manifest.revision}")
+    typer.echo(
+        f"{v.name}: {len(manifest.files)} files, {manifest.size_bytes / 2**30:.2f} GiB at "
+        f"{manifest.repo_id}@{manifest.revision}"
+    )
 
 
 @models.command("verify")
@@ -116,8 +133,10 @@ def verify_model(name: str = typer.Argument(..., help="Variant or adapter name."
 
 
 @models.command("rm")
-def remove_model(name: str = typer.Argument(..., help="Variant or adapter name."),
-                 yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> None:
+def remove_model(
+    name: str = typer.Argument(..., help="Variant or adapter name."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+) -> None:
     """Delete NAME's weights folder from the model store (the config stays)."""
     import shutil
 
@@ -138,10 +157,12 @@ def remove_model(name: str = typer.Argument(..., help="Variant or adapter name."
 
 
 @models.command("plan")
-def plan_model(variant: str = typer.Argument(..., help="Variant name, e.g. t2v-a14b."),
-               budget_gib: float = typer.Option(80.0, help="Device memory to plan for, GiB."),
-               size: str = typer.Option("", help="WIDTHxHEIGHT to price (default: the variant's first native size)."),
-               num_frames: int = typer.Option(0, help="Frames to price (default: the variant's default).")) -> None:
+def plan_model(
+    variant: str = typer.Argument(..., help="Variant name, e.g. t2v-a14b."),
+    budget_gib: float = typer.Option(80.0, help="Device memory to plan for, GiB."),
+    size: str = typer.Option("", help="WIDTHxHEIGHT to price (default: the variant's first native size)."),
+    num_frames: int = typer.Option(0, help="Frames to price (default: the variant's default)."),
+) -> None:
     """The fit check's estimate for VARIANT in each memory mode, for a device with BUDGET_GIB: from
     its weights in the store, or (for the real models, without downloading) from their published
     configs. No GPU needed; device capabilities are not checked here."""
@@ -165,16 +186,30 @@ def plan_model(variant: str = typer.Argument(..., help="Variant name, e.g. t2v-a
         raise typer.Exit(1)
     s = Size.parse(size) if size else next(iter(v.native_sizes.values()))
     frames = num_frames or v.defaults.num_frames
-    modes = [{}, {"quantization": "fp8_storage"}, {"quantization": "int8"}, {"quantization": "nf4"},
-             {"text_encoder_device": "cpu"}, {"quantization": "fp8_storage", "text_encoder_device": "cpu"},
-             {"offload": "model"}, {"offload": "group"}, {"offload": "sequential"}]
-    table = Table("mode", "weights", "on device", "activations", "peak", f"fits {budget_gib:g} GiB", box=None,
-                  pad_edge=False)
+    modes = [
+        {},
+        {"quantization": "fp8_storage"},
+        {"quantization": "int8"},
+        {"quantization": "nf4"},
+        {"text_encoder_device": "cpu"},
+        {"quantization": "fp8_storage", "text_encoder_device": "cpu"},
+        {"offload": "model"},
+        {"offload": "group"},
+        {"offload": "sequential"},
+    ]
+    table = Table(
+        "mode", "weights", "on device", "activations", "peak", f"fits {budget_gib:g} GiB", box=None, pad_edge=False
+    )
     for change in modes:
         p = plan_fit(v, layout, int(budget_gib * GIB), "plan", MemoryConfig(**{**v.memory.model_dump(), **change}))
-        table.add_row(p.mode, gib(sum(p.weights_bytes.values())), gib(p.resident_bytes),
-                      gib(p.activation_bytes(s.width, s.height, frames)), gib(p.peak_bytes(s.width, s.height, frames)),
-                      "yes" if p.fits(s.width, s.height, frames) else "no")
+        table.add_row(
+            p.mode,
+            gib(sum(p.weights_bytes.values())),
+            gib(p.resident_bytes),
+            gib(p.activation_bytes(s.width, s.height, frames)),
+            gib(p.peak_bytes(s.width, s.height, frames)),
+            "yes" if p.fits(s.width, s.height, frames) else "no",
+        )
     typer.echo(f"{v.name}, {frames} frames at {s}, from {source}; peak = on device + activations + margin")
     Console(width=200).print(table)
 

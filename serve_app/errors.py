@@ -1,6 +1,8 @@
 """The one place where errors become HTTP answers: ``{"error": {"code", "message", ...}}``.
 
-No answer carries a traceback or a server path.
+A ``ServiceError`` answers in OpenAI's error shape (``code``, ``message``, ``type``, ``param``,
+plus its details); a body or query that fails validation answers ``validation_error`` with
+``fields``; an unknown route ``not_found``. No answer carries a traceback or a server path.
 """
 
 from __future__ import annotations
@@ -10,11 +12,31 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments import errors as e
+from jobs import errors as e
 
 logger = logging.getLogger("ray.serve")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. validation_error, queue_full.")
+    message: str = Field(description="What went wrong and what to do.")
+    type: str = Field(description="OpenAI's error type: invalid_request_error, rate_limit_error or server_error.")
+    param: str | None = Field(default=None, description="The request field or upload at fault, if one is.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (OpenAPI)."""
+
+    error: ErrorDetail
+
+
+#: The error answers the routes document in OpenAPI.
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422, 429, 503)
+}
 
 # Ordered: the first class an error is an instance of decides, so subclasses come first.
 STATUS_CODES: dict[type[e.ServiceError], int] = {
@@ -33,16 +55,26 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
 
 
 #: HTTP status -> OpenAI's error ``type`` (openai-python raises the matching exception class).
-_ERROR_TYPES = {413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
-                404: "invalid_request_error", 409: "invalid_request_error", 429: "rate_limit_error",
-                503: "server_error"}
+_ERROR_TYPES = {
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_error",
+}
 
 
 def error_response(exc: e.ServiceError) -> JSONResponse:
     status = next((code for cls, code in STATUS_CODES.items() if isinstance(exc, cls)), 500)
     # OpenAI's error shape is a superset-compatible: message, type, param, code.
-    body = {"code": exc.code, "message": exc.message, "type": _ERROR_TYPES.get(status, "server_error"),
-            "param": exc.details.get("field")}
+    body = {
+        "code": exc.code,
+        "message": exc.message,
+        "type": _ERROR_TYPES.get(status, "server_error"),
+        "param": exc.details.get("field"),
+    }
     body.update({k: v for k, v in exc.details.items() if k != "retry_after_s"})
     headers = {}
     if "retry_after_s" in exc.details:
@@ -66,8 +98,13 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError):
         messages = [_describe(err) for err in exc.errors()]
         return JSONResponse(
-            {"error": {"code": "validation_error", "message": "; ".join(messages),
-                       "fields": [".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()]}},
+            {
+                "error": {
+                    "code": "validation_error",
+                    "message": "; ".join(messages),
+                    "fields": [".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()],
+                }
+            },
             status_code=422,
         )
 

@@ -1,18 +1,8 @@
 """Checking a request's uploads against its variant, then decoding and fitting them.
 
 Runs in the ingress, before a job exists: every rule below ends in a 4xx that names the
-field and says what to send instead, so no job is queued that would fail later.
-
-Which variant task takes which uploads:
-
-========  ==================================  ===================================
-task      required                            optional
-========  ==================================  ===================================
-t2v       (none: text only)
-i2v       image                               last_image
-ti2v      (none)                              image
-vace      video, mask                         reference_images (repeatable)
-========  ==================================  ===================================
+field and says what to send instead, so no job is queued that would fail later. Which task
+takes which uploads is ``TASK_UPLOADS`` (model_store/variants.py).
 """
 
 from __future__ import annotations
@@ -21,10 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deployments.errors import InvalidMedia, UploadTooLarge, ValidationFailed
-from deployments.frame_fit import fit_image, fit_mask, fit_video
-from deployments.job_inputs import PreparedInputs
-from deployments.media_decode import (
+from jobs.errors import InvalidMedia, UploadTooLarge, ValidationFailed
+from jobs.inputs import PreparedInputs
+from media.decode import (
     VIDEO_CONTAINERS,
     decode_image,
     decode_video,
@@ -32,15 +21,9 @@ from deployments.media_decode import (
     looks_like_image,
     sniff_image_format,
 )
+from media.fit import Fit, fit_image, fit_mask, fit_video
 from model_store.variants import VariantConfig
 
-ACCEPTED: dict[str, tuple[str, ...]] = {
-    "t2v": (),
-    "i2v": ("image", "last_image"),
-    "ti2v": ("image",),
-    "vace": ("video", "mask", "reference_images"),
-}
-REQUIRED: dict[str, tuple[str, ...]] = {"t2v": (), "i2v": ("image",), "ti2v": (), "vace": ("video", "mask")}
 _REPEATABLE = ("reference_images",)
 _WHAT = {"image": "the first frame", "video": "the source clip", "mask": "the mask (white = regenerate)"}
 
@@ -81,14 +64,16 @@ def _check_fields(variant: VariantConfig, uploads: list[Upload], image_variants:
     by_field: dict[str, list[Upload]] = {}
     for up in uploads:
         by_field.setdefault(up.field, []).append(up)
-    accepted = ACCEPTED[variant.task]
+    accepted = variant.uploads.accepted
     for name, ups in by_field.items():
         if name not in accepted:
             if variant.task == "t2v" and name in ("image", "last_image"):
                 others = ", ".join(image_variants) or "an i2v or ti2v variant"
                 raise ValidationFailed(
                     f"variant {variant.name} generates from text only and takes no {name}; "
-                    f"for image-to-video use {others}", field=name)
+                    f"for image-to-video use {others}",
+                    field=name,
+                )
             takes = ", ".join(accepted) if accepted else "no uploads (text only)"
             raise ValidationFailed(f"variant {variant.name} takes {takes}; it cannot use {name!r}", field=name)
         if len(ups) > 1 and name not in _REPEATABLE:
@@ -97,79 +82,111 @@ def _check_fields(variant: VariantConfig, uploads: list[Upload], image_variants:
             if len(up.data) > variant.limits.max_upload_bytes:
                 raise UploadTooLarge(
                     f"{name} is {len(up.data) / 2**20:.1f} MiB; files may be at most "
-                    f"{variant.limits.max_upload_bytes / 2**20:.0f} MiB", field=name)
-    for name in REQUIRED[variant.task]:
+                    f"{variant.limits.max_upload_bytes / 2**20:.0f} MiB",
+                    field=name,
+                )
+    for name in variant.uploads.required:
         if name not in by_field:
             raise ValidationFailed(
                 f"variant {variant.name} needs {_WHAT.get(name, name)}: send it as the multipart file field {name!r}",
-                field=name)
+                field=name,
+            )
     refs = by_field.get("reference_images", [])
     if len(refs) > variant.limits.max_reference_images:
         raise ValidationFailed(
-            f"at most {variant.limits.max_reference_images} reference_images, got {len(refs)}", field="reference_images")
+            f"at most {variant.limits.max_reference_images} reference_images, got {len(refs)}", field="reference_images"
+        )
     return by_field
 
 
 def _check_size(variant: VariantConfig, size: str) -> str:
     if size not in variant.native_sizes:
         raise ValidationFailed(
-            f"variant {variant.name} serves sizes {', '.join(variant.native_sizes)}, not {size}", field="size")
+            f"variant {variant.name} serves sizes {', '.join(variant.native_sizes)}, not {size}", field="size"
+        )
     return size
 
 
 def _video_frames(variant: VariantConfig, clip_len: int, requested: int | None) -> int:
     """Frames to generate from a clip that gives ``clip_len`` frames at the variant's fps."""
-    step = variant.temporal_compression
     if requested is not None:
         if clip_len < requested:
-            usable = (clip_len - 1) // step * step + 1
+            usable = variant.round_frames(clip_len, down=True)
             raise InvalidMedia(
                 f"video gives {clip_len} frames at {variant.fps} fps, fewer than num_frames={requested}; "
-                f"ask for num_frames={usable} or send a longer clip", field="video")
+                f"ask for num_frames={usable} or send a longer clip",
+                field="video",
+            )
         return requested
-    return (clip_len - 1) // step * step + 1
+    return variant.round_frames(clip_len, down=True)
 
 
-def _prepare_mask(variant: VariantConfig, up: Upload, video_size: tuple[int, int], native, num_frames: int,
-                  fit) -> tuple[np.ndarray, dict]:
+def _prepare_mask(
+    variant: VariantConfig, up: Upload, video_size: tuple[int, int], native, num_frames: int, fit: Fit
+) -> tuple[np.ndarray, dict]:
     limits = variant.limits
     if looks_like_image(up.data):
         rgb = decode_image(up.data, field="mask", max_side=limits.max_input_side)
         masks = image_to_mask(rgb)[None]
-        summary = {"kind": "image", "width": rgb.shape[1], "height": rgb.shape[0], "format": sniff_image_format(up.data)}
+        summary = {
+            "kind": "image",
+            "width": rgb.shape[1],
+            "height": rgb.shape[0],
+            "format": sniff_image_format(up.data),
+        }
     else:
-        clip = decode_video(up.data, field="mask", fps=variant.fps, max_frames=num_frames, max_side=limits.max_input_side)
+        clip = decode_video(
+            up.data, field="mask", fps=variant.fps, max_frames=num_frames, max_side=limits.max_input_side
+        )
         if len(clip.frames) < num_frames:
             raise InvalidMedia(
                 f"mask video gives {len(clip.frames)} frames at {variant.fps} fps but the video gives {num_frames}; "
-                "send a mask video at least as long as the video, or a mask image", field="mask")
+                "send a mask video at least as long as the video, or a mask image",
+                field="mask",
+            )
         masks = np.stack([image_to_mask(f) for f in clip.frames])
-        summary = {"kind": "video", "width": clip.source_size[0], "height": clip.source_size[1],
-                   "fps": clip.source_fps, "container": VIDEO_CONTAINERS[clip.container]}
+        summary = {
+            "kind": "video",
+            "width": clip.source_size[0],
+            "height": clip.source_size[1],
+            "fps": clip.source_fps,
+            "container": VIDEO_CONTAINERS[clip.container],
+        }
     height, width = masks.shape[1:]
     if (width, height) == video_size:
         masks = fit_mask(masks, native.width, native.height, fit)
     elif (width, height) != (native.width, native.height):
         raise InvalidMedia(
             f"mask is {width}x{height} but the video is {video_size[0]}x{video_size[1]} (output "
-            f"{native.width}x{native.height}); send a mask of the video's size", field="mask")
+            f"{native.width}x{native.height}); send a mask of the video's size",
+            field="mask",
+        )
     if not masks.any():
-        raise InvalidMedia("mask is black everywhere, so nothing would be regenerated; paint the region to "
-                           "regenerate white", field="mask")
+        raise InvalidMedia(
+            "mask is black everywhere, so nothing would be regenerated; paint the region to regenerate white",
+            field="mask",
+        )
     if len(masks) == 1:
         masks = np.repeat(masks, num_frames, axis=0)
     return masks, summary
 
 
-def prepare_media(variant: VariantConfig, *, size: str | None, num_frames: int | None, fit,
-                  uploads: list[Upload], image_variants: list[str]) -> PreparedMedia:
+def prepare_media(
+    variant: VariantConfig,
+    *,
+    size: str | None,
+    num_frames: int | None,
+    fit: Fit,
+    uploads: list[Upload],
+    image_variants: list[str],
+) -> PreparedMedia:
     """Check ``uploads`` against ``variant``'s task, decode them, and fit them to the output size.
 
     Args:
         variant: the variant the request names.
         size: the requested API size, or None to choose it from the uploads' orientation.
         num_frames: the requested frame count, or None for the variant default (vace: the clip's length).
-        fit: ``crop`` or ``pad`` (deployments/frame_fit.py).
+        fit: ``crop`` or ``pad`` (media/fit.py).
         uploads: the request's files.
         image_variants: deployed variants that take an image, named in the refusal of an image sent to t2v.
 
@@ -193,8 +210,11 @@ def prepare_media(variant: VariantConfig, *, size: str | None, num_frames: int |
         for name in ("image", "last_image"):
             if name in by_field:
                 images[name] = decode_image(by_field[name][0].data, field=name, max_side=limits.max_input_side)
-                summary[name] = {"width": images[name].shape[1], "height": images[name].shape[0],
-                                 "format": sniff_image_format(by_field[name][0].data)}
+                summary[name] = {
+                    "width": images[name].shape[1],
+                    "height": images[name].shape[0],
+                    "format": sniff_image_format(by_field[name][0].data),
+                }
         h, w = images["image"].shape[:2]
         chosen = _check_size(variant, size or _orientation_size(variant, w, h))
         native = variant.native_sizes[chosen]
@@ -203,21 +223,34 @@ def prepare_media(variant: VariantConfig, *, size: str | None, num_frames: int |
             prepared.last_image = fit_image(images["last_image"], native.width, native.height, fit)
         frames = default_frames
     else:  # vace
-        clip = decode_video(by_field["video"][0].data, field="video", fps=variant.fps,
-                            max_frames=num_frames if num_frames is not None else min(default_frames, limits.max_num_frames),
-                            max_side=limits.max_input_side)
+        clip = decode_video(
+            by_field["video"][0].data,
+            field="video",
+            fps=variant.fps,
+            max_frames=num_frames if num_frames is not None else min(default_frames, limits.max_num_frames),
+            max_side=limits.max_input_side,
+        )
         frames = _video_frames(variant, len(clip.frames), num_frames)
         chosen = _check_size(variant, size or _orientation_size(variant, *clip.source_size))
         native = variant.native_sizes[chosen]
         prepared.video = fit_video(clip.frames[:frames], native.width, native.height, fit)
-        summary["video"] = {"width": clip.source_size[0], "height": clip.source_size[1], "fps": clip.source_fps,
-                            "container": VIDEO_CONTAINERS[clip.container], "frames_used": frames}
-        prepared.mask, summary["mask"] = _prepare_mask(variant, by_field["mask"][0], clip.source_size, native,
-                                                       frames, fit)
+        summary["video"] = {
+            "width": clip.source_size[0],
+            "height": clip.source_size[1],
+            "fps": clip.source_fps,
+            "container": VIDEO_CONTAINERS[clip.container],
+            "frames_used": frames,
+        }
+        prepared.mask, summary["mask"] = _prepare_mask(
+            variant, by_field["mask"][0], clip.source_size, native, frames, fit
+        )
         for i, up in enumerate(by_field.get("reference_images", [])):
             prepared.reference_images.append(
-                decode_image(up.data, field=f"reference_images[{i}]", max_side=limits.max_input_side))
+                decode_image(up.data, field=f"reference_images[{i}]", max_side=limits.max_input_side)
+            )
         if prepared.reference_images:
-            summary["reference_images"] = [{"width": r.shape[1], "height": r.shape[0]} for r in prepared.reference_images]
+            summary["reference_images"] = [
+                {"width": r.shape[1], "height": r.shape[0]} for r in prepared.reference_images
+            ]
     prepared.summary = summary
     return PreparedMedia(size=chosen, num_frames=frames, inputs=prepared)

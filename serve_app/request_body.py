@@ -12,9 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from deployments.errors import UnsupportedMediaType, ValidationFailed
+from jobs.errors import UnsupportedMediaType, ValidationFailed
+from serve_app.generate.protocol import UPLOAD_FIELDS, GenerateRequest
 from serve_app.media_inputs import Upload
-from serve_app.protocol import UPLOAD_FIELDS, GenerateRequest
 
 #: Form parts accepted in one request (starlette's parser limits; far above what a job needs).
 MAX_FORM_FILES = 16
@@ -48,7 +48,8 @@ async def read_fields_and_files(request: Request, file_fields) -> tuple[dict, li
             raise ValidationFailed("the body is not valid JSON", field="body") from None
     if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise UnsupportedMediaType(
-            f"{request.url.path} takes application/json or multipart/form-data, not {content_type}", field="body")
+            f"{request.url.path} takes application/json or multipart/form-data, not {content_type}", field="body"
+        )
     fields: dict[str, str] = {}
     uploads: list[Upload] = []
     async with request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS) as form:
@@ -56,7 +57,8 @@ async def read_fields_and_files(request: Request, file_fields) -> tuple[dict, li
             if isinstance(value, UploadFile):
                 if name not in file_fields:
                     raise ValidationFailed(
-                        f"{name!r} is not a file field; files go in {', '.join(file_fields)}", field=name)
+                        f"{name!r} is not a file field; files go in {', '.join(file_fields)}", field=name
+                    )
                 uploads.append(Upload(field=name, data=await value.read(), filename=value.filename))
             elif name in file_fields:
                 raise ValidationFailed(f"{name} must be sent as a file (curl -F {name}=@path)", field=name)
@@ -84,11 +86,15 @@ def generate_openapi() -> dict:
         "required": schema.get("required", []),
         "properties": {
             **schema["properties"],
-            **{name: {"type": "string", "format": "binary", "description": text} for name, text in UPLOAD_FIELDS.items()},
+            **{
+                name: {"type": "string", "format": "binary", "description": text}
+                for name, text in UPLOAD_FIELDS.items()
+            },
         },
     }
     multipart["properties"]["reference_images"] = {
-        "type": "array", "items": {"type": "string", "format": "binary"},
+        "type": "array",
+        "items": {"type": "string", "format": "binary"},
         "description": UPLOAD_FIELDS["reference_images"],
     }
     return {

@@ -26,11 +26,15 @@ class ServiceSettings(BaseSettings):
         "on first start and keeps using it.",
     )
     retention_days: float | None = Field(
-        default=None, gt=0, validation_alias=AliasChoices("WAN_SERVE_RETENTION_DAYS", "RETENTION_DAYS"),
+        default=None,
+        gt=0,
+        validation_alias=AliasChoices("WAN_SERVE_RETENTION_DAYS", "RETENTION_DAYS"),
         description="Ended jobs are purged with their files this many days after they end (env "
         "WAN_SERVE_RETENTION_DAYS or RETENTION_DAYS). Unset: kept until deleted.",
     )
     max_output_gib: float | None = Field(
-        default=None, gt=0, description="Result files beyond this many GiB in all are deleted, oldest first "
+        default=None,
+        gt=0,
+        description="Result files beyond this many GiB in all are deleted, oldest first "
         "(env WAN_SERVE_MAX_OUTPUT_GIB). Unset: no cap.",
     )

@@ -1,6 +1,6 @@
 """The circuit breaker's states, on a clock the test moves (no sleeping)."""
 
-from deployments.circuit_breaker import CircuitBreaker, CircuitConfig, CircuitState
+from jobs.circuit_breaker import CircuitBreaker, CircuitConfig, CircuitState
 
 
 class Clock:

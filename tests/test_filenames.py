@@ -1,7 +1,7 @@
 import pytest
 
-from deployments.errors import ValidationFailed
-from serve_app.filenames import sanitize_filename
+from jobs.errors import ValidationFailed
+from jobs.filenames import sanitize_filename
 
 
 @pytest.mark.parametrize(

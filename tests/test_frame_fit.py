@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from deployments.frame_fit import fit_image, fit_mask
+from media.fit import fit_image, fit_mask
 from tests.media_samples import CHELSEA, load_rgb
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
-from deployments.errors import JobCanceled
+from jobs.errors import JobCanceled
 from deployments.generation import GenerationRunner, frames_to_uint8
-from deployments.jobs import GenerationParams, Phase
+from jobs.model import GenerationParams, Phase
 from model_store.loader import load_pipeline
 from model_store.variants import load_variant
 

@@ -1,7 +1,8 @@
 import sqlite3
 
-from deployments.job_store import ETA_EMA_ALPHA, JobStore
-from deployments.jobs import GenerationParams, JobSpec, JobStatus
+from jobs.store import ETA_EMA_ALPHA
+from jobs.store import SqliteJobStore as JobStore
+from jobs.model import GenerationParams, JobSpec, JobStatus
 from model_store.variants import Size
 
 

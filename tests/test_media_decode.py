@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from deployments.errors import InvalidMedia, UnsupportedMediaType
-from deployments.media_decode import decode_image, decode_video, image_to_mask, sniff_image_format
+from jobs.errors import InvalidMedia, UnsupportedMediaType
+from media.decode import decode_image, decode_video, image_to_mask, sniff_image_format
 from tests.media_samples import (
     ASTRONAUT,
     CHELSEA,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deployments.errors import InvalidMedia, UploadTooLarge, ValidationFailed
+from jobs.errors import InvalidMedia, UploadTooLarge, ValidationFailed
 from model_store.variants import load_variant
 from serve_app.media_inputs import Upload, prepare_media
 from tests.media_samples import CHELSEA, COCKATOO, box_mask, mask_png

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deployments.generation import GenerationRunner
-from deployments.jobs import GenerationParams
+from jobs.model import GenerationParams
 from model_store.loader import load_variant_pipeline
 from model_store.memory_config import MemoryConfig
 from model_store.memory_modes import DeviceInfo, ModeRefused, check_mode, tensor_bytes

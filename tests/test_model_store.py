@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from deployments.errors import RequestTooLarge
+from jobs.errors import RequestTooLarge
 from deployments.fit_plans import check_request_fits
 from deployments.generation import GenerationRunner
-from deployments.jobs import GenerationParams, JobSpec, LoraRef
+from jobs.model import GenerationParams, JobSpec, LoraRef
 from deployments.lora_adapters import AdapterRegistry, LoadedAdapterSet
 from model_store import weights_manifest
 from model_store.adapters import AdapterNotFound, adapter_for, build_random_lora

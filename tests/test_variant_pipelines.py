@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.compositing import paste_back
-from deployments.frame_fit import fit_image, fit_mask, fit_video
+from media.compositing import paste_back
+from media.fit import fit_image, fit_mask, fit_video
 from deployments.generation import GenerationRunner, frames_to_uint8
-from deployments.job_inputs import PreparedInputs
-from deployments.jobs import GenerationParams
+from jobs.inputs import PreparedInputs
+from jobs.model import GenerationParams
 from model_store.loader import load_pipeline
 from model_store.variants import load_variant
 from tests.media_samples import ASTRONAUT, CHELSEA, box_mask, cockatoo_frames, load_rgb, psnr

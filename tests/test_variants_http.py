@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from deployments.frame_fit import fit_mask, fit_video
-from deployments.media_decode import image_to_mask
-from deployments.video_io import read_png_zip, read_video, write_mp4
+from media.fit import fit_mask, fit_video
+from media.decode import image_to_mask
+from media.video_io import read_png_zip, read_video, write_mp4
 from tests.conftest import wait_terminal
 from tests.media_samples import (
     ASTRONAUT,

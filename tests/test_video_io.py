@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from deployments.errors import JobCanceled
-from deployments.video_io import fit_frames, read_video, write_mp4
+from jobs.errors import JobCanceled
+from media.video_io import fit_frames, read_video, write_mp4
 
 
 def _gradient(t=5, h=704, w=1280):
@@ -60,7 +60,7 @@ def test_odd_sizes_and_bad_arrays_are_refused(tmp_path):
 
 
 def test_alpha_formats_keep_the_alpha_plane_and_leave_nothing_when_aborted(tmp_path):
-    from deployments.video_io import read_png_zip, write_png_zip, write_webm_alpha
+    from media.video_io import read_png_zip, write_png_zip, write_webm_alpha
 
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (3, 48, 80, 3), dtype=np.uint8)

@@ -8,7 +8,7 @@ import ipaddress
 
 import pytest
 
-from deployments.webhook_guard import (
+from webhooks.guard import (
     WebhookHostUnresolved,
     WebhookRefused,
     address_kind,

@@ -11,9 +11,11 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from deployments.job_store import JobStore
-from deployments.jobs import GenerationParams, JobSpec, JobStatus, WebhookSpec
-from deployments.webhooks import WebhookConfig, WebhookSender, check_secret, load_or_create_secret
+from jobs.events import JobEvent
+from jobs.model import GenerationParams, JobSpec, JobStatus, WebhookSpec
+from jobs.store import SqliteJobStore
+from webhooks.sender import WebhookConfig, WebhookSender, check_secret, load_or_create_secret
+from webhooks.store import WebhookStore
 from model_store.variants import Size
 from tests.conftest import free_port
 from tests.test_webhook_guard import FakeResolver
@@ -28,7 +30,13 @@ def _config(**overrides) -> WebhookConfig:
                             "timeout_s": 2.0, **overrides})
 
 
-def _job(store: JobStore, url: str, events=None, status=JobStatus.success):
+def _stores(tmp_path) -> tuple[SqliteJobStore, WebhookStore]:
+    """The job store and the webhook tables on one database, as the router has them."""
+    jobs = SqliteJobStore(tmp_path / "jobs.db")
+    return jobs, WebhookStore(jobs.db)
+
+
+def _job(store: SqliteJobStore, url: str, events=None, status=JobStatus.success):
     spec = JobSpec(id=f"job{time.monotonic_ns()}", variant="ti2v-5b-tiny", output_size=Size.parse("1280x720"),
                    params=GenerationParams(prompt="a fox", width=1280, height=704, num_frames=5,
                                            num_inference_steps=2, guidance_scale=5.0, seed=1),
@@ -39,9 +47,9 @@ def _job(store: JobStore, url: str, events=None, status=JobStatus.success):
     return store.get(spec.id)
 
 
-def _event(rec) -> dict:
-    return {"id": 9, "event": "terminal", "status": rec.status.value, "phase": None, "step": 2, "total_steps": 2,
-            "progress": 1.0, "eta_seconds": None, "queue_position": None, "error": None, "filename": rec.filename}
+def _event(rec) -> JobEvent:
+    return JobEvent(id=9, event="terminal", status=rec.status, phase=None, step=2, total_steps=2, progress=1.0,
+                    eta_seconds=None, queue_position=None, error=None, filename=rec.filename)
 
 
 async def _settle(sender: WebhookSender, timeout: float = 30.0) -> None:
@@ -56,13 +64,13 @@ def _run(coro):
 
 
 def test_delivery_is_signed_pinned_to_the_checked_address_and_recorded(tmp_path):
-    store = JobStore(tmp_path / "jobs.db")
+    store, hooks = _stores(tmp_path)
     dns = FakeResolver({"hooks.example.test": ["127.0.0.1"]})
     with Receiver() as rx:
         rec = _job(store, f"http://hooks.example.test:{rx.port}/hook?team=7")
 
         async def go():
-            sender = WebhookSender(_config(), SECRET, store, resolve=dns)
+            sender = WebhookSender(_config(), SECRET, store, hooks, resolve=dns)
             sender.notify(rec, _event(rec))
             await _settle(sender)
             await sender.aclose()
@@ -76,7 +84,7 @@ def test_delivery_is_signed_pinned_to_the_checked_address_and_recorded(tmp_path)
         SECRET, req.headers["webhook-id"], req.headers["webhook-timestamp"], req.body)
     assert body["type"] == "video.completed" and body["data"]["id"] == rec.id
     assert body["data"]["file_url"] == "/files/fox.mp4" and body["data"]["status"] == "success"
-    (message,) = store.webhook_messages(rec.id)
+    (message,) = hooks.webhook_messages(rec.id)
     assert message.id == req.headers["webhook-id"] and message.state == "delivered"
     assert message.payload.encode() == req.body
     (attempt,) = message.attempts
@@ -84,12 +92,12 @@ def test_delivery_is_signed_pinned_to_the_checked_address_and_recorded(tmp_path)
 
 
 def test_retries_on_5xx_429_and_timeouts_with_backoff_then_delivers(tmp_path):
-    store = JobStore(tmp_path / "jobs.db")
+    store, hooks = _stores(tmp_path)
     with Receiver(script=[500, 429, 503], delay_s=[0, 0, 0, 3.0]) as rx:
         rec = _job(store, rx.url)
 
         async def go():
-            sender = WebhookSender(_config(timeout_s=1.0), SECRET, store)
+            sender = WebhookSender(_config(timeout_s=1.0), SECRET, store, hooks)
             sender.notify(rec, _event(rec))
             await _settle(sender)
             await sender.aclose()
@@ -99,7 +107,7 @@ def test_retries_on_5xx_429_and_timeouts_with_backoff_then_delivers(tmp_path):
     assert len({r.body for r in requests}) == 1
     for r in requests:  # each attempt signed afresh, each verifies
         Webhook(SECRET).verify(r.body, r.headers)
-    (message,) = store.webhook_messages(rec.id)
+    (message,) = hooks.webhook_messages(rec.id)
     assert message.state == "delivered"
     codes = [a.status_code for a in message.attempts]
     assert codes == [500, 429, 503, None, 200]
@@ -111,84 +119,84 @@ def test_retries_on_5xx_429_and_timeouts_with_backoff_then_delivers(tmp_path):
 
 
 def test_gives_up_after_the_retry_window_and_never_retries_a_4xx(tmp_path):
-    store = JobStore(tmp_path / "jobs.db")
+    store, hooks = _stores(tmp_path)
     down = _job(store, f"http://127.0.0.1:{free_port()}/hook")
     with Receiver(script=[400, 301]) as rx:
         bad_request = _job(store, rx.url)
         redirect = _job(store, rx.url)
 
         async def go():
-            sender = WebhookSender(_config(retry_for_s=1.5), SECRET, store)
+            sender = WebhookSender(_config(retry_for_s=1.5), SECRET, store, hooks)
             for rec in (down, bad_request, redirect):
                 sender.notify(rec, _event(rec))
                 await _settle(sender)
             await sender.aclose()
         _run(go())
-    (m_down,) = store.webhook_messages(down.id)
+    (m_down,) = hooks.webhook_messages(down.id)
     assert m_down.state == "failed" and len(m_down.attempts) >= 3
     assert all("could not connect" in a.error for a in m_down.attempts)
     assert m_down.attempts[-1].attempted_at - m_down.created_at <= 1.5 + 0.5
-    (m_400,) = store.webhook_messages(bad_request.id)
+    (m_400,) = hooks.webhook_messages(bad_request.id)
     assert m_400.state == "failed" and [a.status_code for a in m_400.attempts] == [400]
-    (m_301,) = store.webhook_messages(redirect.id)
+    (m_301,) = hooks.webhook_messages(redirect.id)
     assert m_301.state == "failed" and "redirects are not followed" in m_301.attempts[0].error
 
 
 def test_delivery_time_guard_refuses_without_sending(tmp_path):
-    store = JobStore(tmp_path / "jobs.db")
+    store, hooks = _stores(tmp_path)
     with Receiver() as rx:
         rec = _job(store, rx.url)  # admitted once (say under an allowlist that has since been removed)
 
         async def go():
-            sender = WebhookSender(_config(allow_networks=[]), SECRET, store)
+            sender = WebhookSender(_config(allow_networks=[]), SECRET, store, hooks)
             sender.notify(rec, _event(rec))
             await _settle(sender)
             await sender.aclose()
         _run(go())
         assert rx.requests == []
-    (message,) = store.webhook_messages(rec.id)
+    (message,) = hooks.webhook_messages(rec.id)
     assert message.state == "failed" and len(message.attempts) == 1
     assert "loopback address" in message.attempts[0].error and message.attempts[0].address is None
 
 
 def test_only_requested_events_and_progress_at_most_every_interval(tmp_path):
-    store = JobStore(tmp_path / "jobs.db")
+    store, hooks = _stores(tmp_path)
     with Receiver() as rx:
         rec = _job(store, rx.url, events=["video.progress", "video.failed"], status=JobStatus.running)
 
         async def go():
-            sender = WebhookSender(_config(progress_interval_s=0.5), SECRET, store)
+            sender = WebhookSender(_config(progress_interval_s=0.5), SECRET, store, hooks)
             started = time.monotonic()
             while time.monotonic() - started < 1.2:  # a step every 50 ms
-                sender.notify(rec, {**_event(rec), "event": "step", "status": "running"})
+                sender.notify(rec, _event(rec).model_copy(update={"event": "step", "status": JobStatus.running}))
                 await asyncio.sleep(0.05)
             done = store.get(rec.id).model_copy(update={"status": JobStatus.success})
             sender.notify(done, _event(done))  # video.completed was not asked for
             await _settle(sender)
             await sender.aclose()
         _run(go())
-    types = [m.event_type for m in store.webhook_messages(rec.id)]
+    types = [m.event_type for m in hooks.webhook_messages(rec.id)]
     assert types == ["video.progress"] * 3  # at 0, 0.5 and 1.0 s of 1.2 s
     bodies = [json.loads(r.body) for r in rx.requests]
     assert all(b["type"] == "video.progress" and b["data"]["status"] == "running" for b in bodies)
 
 
 def test_a_restarted_sender_resends_pending_messages(tmp_path):
-    store = JobStore(tmp_path / "jobs.db")
+    store, hooks = _stores(tmp_path)
     with Receiver() as rx:
         rec = _job(store, rx.url)
-        store.add_webhook_message("msg_left_behind", rec.id, "video.completed", '{"type":"video.completed"}')
-        store.add_webhook_message("msg_progress", rec.id, "video.progress", '{"type":"video.progress"}')
+        hooks.add_webhook_message("msg_left_behind", rec.id, "video.completed", '{"type":"video.completed"}')
+        hooks.add_webhook_message("msg_progress", rec.id, "video.progress", '{"type":"video.progress"}')
 
         async def go():
-            sender = WebhookSender(_config(), SECRET, store)
+            sender = WebhookSender(_config(), SECRET, store, hooks)
             assert sender.resume() == 1  # progress is superseded, not resent
             await _settle(sender)
             await sender.aclose()
         _run(go())
         (req,) = rx.wait(1)
     assert req.headers["webhook-id"] == "msg_left_behind" and req.body == b'{"type":"video.completed"}'
-    states = {m.id: m.state for m in store.webhook_messages(rec.id)}
+    states = {m.id: m.state for m in hooks.webhook_messages(rec.id)}
     assert states == {"msg_left_behind": "delivered", "msg_progress": "failed"}
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deployments.generation import GenerationRunner
-from deployments.jobs import GenerationParams
+from jobs.model import GenerationParams
 from model_store.loader import load_pipeline, resolve_device
 from model_store.variants import load_variant
 
@@ -29,7 +29,7 @@ def test_tiny_twin_runs_on_cuda_in_bf16(tiny_weights):
 
 @pytest.mark.parametrize("name", ["t2v-a14b-tiny", "i2v-a14b-tiny", "ti2v-5b-tiny", "vace-14b-tiny"])
 def test_every_variant_twin_runs_on_cuda_with_its_inputs(tiny_weights, name):
-    from deployments.job_inputs import PreparedInputs
+    from jobs.inputs import PreparedInputs
 
     variant = load_variant(name).model_copy(update={"device": "cuda", "torch_dtype": "bfloat16"})
     runner = GenerationRunner(variant, load_pipeline(variant))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deployments.generation import GenerationRunner
-from deployments.jobs import GenerationParams
+from jobs.model import GenerationParams
 from model_store.loader import load_variant_pipeline
 from model_store.memory_modes import ModeRefused, probe_device
 from model_store.variants import load_variant

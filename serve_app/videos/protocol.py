@@ -23,18 +23,25 @@ class Video(BaseModel):
     object: Literal["video"] = "video"
     model: str = Field(description="Variant that generates the video, e.g. ti2v-5b.")
     status: Literal["queued", "in_progress", "completed", "failed"] = Field(
-        description="queued; in_progress (running); completed (success); failed (error or canceled).")
+        description="queued; in_progress (running); completed (success); failed (error or canceled)."
+    )
     progress: int = Field(ge=0, le=100, description="Percent done, from the same measure as /status progress.")
     created_at: int = Field(description="Unix seconds.")
     completed_at: int | None = Field(default=None, description="Unix seconds when the job ended.")
-    expires_at: int | None = Field(default=None, description="Unix seconds when the file is purged; null: kept until deleted.")
+    expires_at: int | None = Field(
+        default=None, description="Unix seconds when the file is purged; null: kept until deleted."
+    )
     size: str = Field(description="WIDTHxHEIGHT of the video.")
     seconds: str = Field(description="Duration: num_frames / fps, in seconds.")
     prompt: str | None = None
     error: VideoError | None = None
     remixed_from_video_id: str | None = None
-    queue_position: int | None = Field(default=None, description="1 = next of its variant to start; null unless queued.")
-    eta_seconds: float | None = Field(default=None, description="Estimated seconds until done; null when unknown or ended.")
+    queue_position: int | None = Field(
+        default=None, description="1 = next of its variant to start; null unless queued."
+    )
+    eta_seconds: float | None = Field(
+        default=None, description="Estimated seconds until done; null when unknown or ended."
+    )
 
 
 class VideoList(BaseModel):

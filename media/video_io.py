@@ -9,17 +9,18 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import av
 import numpy as np
 from PIL import Image
 
-from deployments.errors import JobCanceled
+from jobs.errors import JobCanceled
 
 
 def fit_frames(frames: np.ndarray, width: int, height: int, mode: Literal["pad", "scale"]) -> np.ndarray:
@@ -65,8 +66,18 @@ def _check_frames(frames: np.ndarray, alpha: np.ndarray | None = None) -> None:
         raise ValueError(f"alpha must be (T, H, W) uint8 matching the frames, got {alpha.shape} {alpha.dtype}")
 
 
-def _encode(path: Path, container_format: str, codec: str, fps: int, width: int, height: int, pix_fmt: str,
-            options: dict, video_frames: Iterator[av.VideoFrame], should_abort: Callable[[], bool] | None) -> int:
+def _encode(
+    path: Path,
+    container_format: str,
+    codec: str,
+    fps: int,
+    width: int,
+    height: int,
+    pix_fmt: str,
+    options: dict,
+    video_frames: Iterator[av.VideoFrame],
+    should_abort: Callable[[], bool] | None,
+) -> int:
     """Encode ``video_frames`` with ``codec`` into ``path`` atomically; returns the file size in bytes."""
     with _atomic_file(path) as tmp:
         with av.open(str(tmp), mode="w", format=container_format) as container:
@@ -116,8 +127,18 @@ def write_mp4(
                 video_frame = video_frame.reformat(width=out_w, height=out_h)
             yield video_frame
 
-    return _encode(path, "mp4", "libx264", fps, out_w, out_h, "yuv420p", {"crf": str(crf), "preset": "medium"},
-                   video_frames(), should_abort)
+    return _encode(
+        path,
+        "mp4",
+        "libx264",
+        fps,
+        out_w,
+        out_h,
+        "yuv420p",
+        {"crf": str(crf), "preset": "medium"},
+        video_frames(),
+        should_abort,
+    )
 
 
 def write_webm_alpha(
@@ -145,7 +166,9 @@ def write_webm_alpha(
     _, h, w, _ = frames.shape
     if w % 2 or h % 2:
         raise ValueError(f"VP9 yuva420p needs even width and height, got {w}x{h}")
-    video_frames = (av.VideoFrame.from_ndarray(np.dstack([rgb, a]), format="rgba") for rgb, a in zip(frames, alpha))
+    video_frames = (
+        av.VideoFrame.from_ndarray(np.dstack([rgb, a]), format="rgba") for rgb, a in zip(frames, alpha, strict=True)
+    )
     options = {"crf": str(crf), "b:v": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}
     return _encode(path, "webm", "libvpx-vp9", fps, w, h, "yuva420p", options, video_frames, should_abort)
 
@@ -169,7 +192,7 @@ def write_png_zip(
     _check_frames(frames, alpha)
     with _atomic_file(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            for i, (rgb, a) in enumerate(zip(frames, alpha)):
+            for i, (rgb, a) in enumerate(zip(frames, alpha, strict=True)):
                 _check_abort(should_abort)
                 buf = io.BytesIO()
                 Image.fromarray(np.dstack([rgb, a]), mode="RGBA").save(buf, format="PNG", compress_level=6)

@@ -32,9 +32,10 @@ from pydantic import BaseModel, Field, field_validator
 from standardwebhooks.webhooks import Webhook
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from deployments.job_store import JobRecord, JobStore, WebhookAttempt, WebhookMessage
-from deployments.jobs import JobStatus, file_url
-from deployments.webhook_guard import (
+from jobs.events import JobEvent
+from jobs.model import JobRecord, JobStatus, file_url
+from jobs.store import JobStore
+from webhooks.guard import (
     Resolver,
     WebhookHostUnresolved,
     WebhookRefused,
@@ -42,12 +43,17 @@ from deployments.webhook_guard import (
     parse_networks,
     system_resolve,
 )
+from webhooks.model import DeliveryState, WebhookAttempt, WebhookMessage
+from webhooks.store import WebhookStore
 
 logger = logging.getLogger("ray.serve")
 
 #: The event type a job's terminal status sends.
-TERMINAL_EVENTS = {JobStatus.success: "video.completed", JobStatus.error: "video.failed",
-                   JobStatus.canceled: "video.canceled"}
+TERMINAL_EVENTS = {
+    JobStatus.success: "video.completed",
+    JobStatus.error: "video.failed",
+    JobStatus.canceled: "video.canceled",
+}
 PROGRESS_EVENT = "video.progress"
 
 #: Receiver answers worth retrying: request timeout, rate limited, and server errors.
@@ -63,16 +69,24 @@ class WebhookConfig(BaseModel):
     """
 
     allow_networks: list[str] = Field(
-        default=[], description="CIDR networks webhooks may reach although they are not public (loopback, private, "
-        "link-local), e.g. ['10.20.0.0/16'] for an in-cluster receiver. Empty: public addresses only.")
+        default=[],
+        description="CIDR networks webhooks may reach although they are not public (loopback, private, "
+        "link-local), e.g. ['10.20.0.0/16'] for an in-cluster receiver. Empty: public addresses only.",
+    )
     timeout_s: float = Field(default=10.0, gt=0, description="Seconds one attempt waits for the receiver's answer.")
     retry_for_s: float = Field(
-        default=300.0, ge=0, description="Seconds after an event that its retries stop (about 5 minutes, as the "
-        "issue asks); no retry starts later than this.")
-    first_retry_s: float = Field(default=1.0, gt=0, description="Wait before the first retry, seconds; doubles each retry.")
+        default=300.0,
+        ge=0,
+        description="Seconds after an event that its retries stop (5 minutes: long enough "
+        "for a receiver's restart or deploy); no retry starts later than this.",
+    )
+    first_retry_s: float = Field(
+        default=1.0, gt=0, description="Wait before the first retry, seconds; doubles each retry."
+    )
     max_retry_interval_s: float = Field(default=60.0, gt=0, description="Longest wait between two attempts, seconds.")
     progress_interval_s: float = Field(
-        default=2.0, ge=0, description="Least seconds between two video.progress deliveries of one job.")
+        default=2.0, ge=0, description="Least seconds between two video.progress deliveries of one job."
+    )
     max_concurrent: int = Field(default=32, ge=1, description="Deliveries in flight at once, across all jobs.")
 
     @field_validator("allow_networks")
@@ -117,17 +131,32 @@ class _Retryable(Exception):
 
 
 class WebhookSender:
-    """Sends a job's webhook events; owned by the router replica, which calls ``notify`` on each change.
+    """Sends a job's webhook events; owned by the router replica, where the job engine tells it of
+    every change (it is a ``jobs.engine.JobObserver``).
 
     Terminal events are retried until ``retry_for_s`` after the event; progress events get one
     attempt (a later one supersedes them). Every attempt becomes a row of ``webhook_attempts``.
+
+    Args:
+        config: delivery settings.
+        secret: the Standard Webhooks signing secret (``whsec_`` + base64).
+        jobs: the job store, read for a message's job (its URL, at each delivery).
+        messages: the webhook store, where messages and attempts are recorded.
+        resolve: the host-name resolver of the SSRF guard.
     """
 
-    def __init__(self, config: WebhookConfig, secret: str, store: JobStore,
-                 resolve: Resolver = system_resolve) -> None:
+    def __init__(
+        self,
+        config: WebhookConfig,
+        secret: str,
+        jobs: JobStore,
+        messages: WebhookStore,
+        resolve: Resolver = system_resolve,
+    ) -> None:
         check_secret(secret)
         self.config = config
-        self.store = store
+        self.jobs = jobs
+        self.store = messages
         self._resolve = resolve
         self._signer = Webhook(secret)
         # trust_env=False: a proxy from the environment would bypass the address pinning.
@@ -138,7 +167,15 @@ class WebhookSender:
 
     # ---- what to send -----------------------------------------------------------------------
 
-    def notify(self, rec: JobRecord, event: dict) -> None:
+    def job_changed(self, rec: JobRecord, event: JobEvent) -> None:
+        """The job engine's hook: ``notify``."""
+        self.notify(rec, event)
+
+    def jobs_deleted(self, ids: list[str]) -> None:
+        """The job engine's hook: deleted jobs take their webhook records with them."""
+        self.store.delete_for_jobs(ids)
+
+    def notify(self, rec: JobRecord, event: JobEvent) -> None:
         """Queue the webhook (if any) for ``rec``'s new state; ``event`` is the job's progress event.
 
         Returns at once: delivery happens in a background task.
@@ -157,15 +194,20 @@ class WebhookSender:
                 self._last_progress[rec.id] = now
                 self._spawn(self._message(rec, PROGRESS_EVENT, event), retry=False)
 
-    def _message(self, rec: JobRecord, kind: str, event: dict) -> WebhookMessage:
-        data = {k: v for k, v in event.items() if k not in ("id", "event")}
+    def _message(self, rec: JobRecord, kind: str, event: JobEvent) -> WebhookMessage:
+        data = {k: v for k, v in event.as_dict().items() if k not in ("id", "event")}
         data = {"id": rec.id, "object": "video", "variant": rec.variant, **data}
         if data.get("filename"):
             data["file_url"] = file_url(data["filename"])
         body = {"type": kind, "timestamp": datetime.now(timezone.utc).isoformat(), "data": data}
-        message = WebhookMessage(id=f"msg_{uuid.uuid4().hex}", job_id=rec.id, event_type=kind,
-                                 payload=json.dumps(body, separators=(",", ":")), state="pending",
-                                 created_at=time.time())
+        message = WebhookMessage(
+            id=f"msg_{uuid.uuid4().hex}",
+            job_id=rec.id,
+            event_type=kind,
+            payload=json.dumps(body, separators=(",", ":")),
+            state=DeliveryState.pending,
+            created_at=time.time(),
+        )
         self.store.add_webhook_message(message.id, message.job_id, message.event_type, message.payload)
         return message
 
@@ -173,15 +215,15 @@ class WebhookSender:
         """Resend the messages a previous router left ``pending``, within their retry window;
         mark older ones ``failed``. Returns how many were resumed."""
         resumed = 0
-        for message in self.store.webhook_messages(state="pending"):
-            rec = self.store.get(message.job_id)
+        for message in self.store.webhook_messages(state=DeliveryState.pending):
+            rec = self.jobs.get(message.job_id)
             if rec is None or rec.spec.webhook is None:
-                self.store.set_webhook_state(message.id, "failed")
+                self.store.set_webhook_state(message.id, DeliveryState.failed)
             elif message.event_type != PROGRESS_EVENT and time.time() < message.created_at + self.config.retry_for_s:
                 self._spawn(message, retry=True)
                 resumed += 1
             else:
-                self.store.set_webhook_state(message.id, "failed")
+                self.store.set_webhook_state(message.id, DeliveryState.failed)
         return resumed
 
     def _spawn(self, message: WebhookMessage, retry: bool) -> None:
@@ -199,7 +241,7 @@ class WebhookSender:
     # ---- how it is sent ---------------------------------------------------------------------
 
     async def _deliver(self, message: WebhookMessage, retry: bool) -> None:
-        rec = self.store.get(message.job_id)
+        rec = self.jobs.get(message.job_id)
         if rec is None or rec.spec.webhook is None:
             return
         url = rec.spec.webhook.url
@@ -215,25 +257,33 @@ class WebhookSender:
                 self.store.set_next_attempt(last_row[-1], time.time() + state.upcoming_sleep)
 
         retrying = AsyncRetrying(
-            stop=stop, before_sleep=before_sleep, reraise=True, retry=retry_if_exception_type(_Retryable),
-            wait=wait_exponential_jitter(multiplier=self.config.first_retry_s, max=self.config.max_retry_interval_s,
-                                         jitter=self.config.first_retry_s / 2))
+            stop=stop,
+            before_sleep=before_sleep,
+            reraise=True,
+            retry=retry_if_exception_type(_Retryable),
+            wait=wait_exponential_jitter(
+                multiplier=self.config.first_retry_s,
+                max=self.config.max_retry_interval_s,
+                jitter=self.config.first_retry_s / 2,
+            ),
+        )
         try:
             async for attempt in retrying:
                 with attempt:
                     attempt_no += 1
                     async with self._slots:
                         delivered = await self._attempt(message, url, attempt_no, last_row)
-            self.store.set_webhook_state(message.id, "delivered" if delivered else "failed")
+            self.store.set_webhook_state(message.id, DeliveryState.delivered if delivered else DeliveryState.failed)
         except _Retryable:
-            self.store.set_webhook_state(message.id, "failed")
-            logger.warning("webhook %s of job %s not delivered after %d attempts", message.id, message.job_id,
-                           attempt_no)
+            self.store.set_webhook_state(message.id, DeliveryState.failed)
+            logger.warning(
+                "webhook %s of job %s not delivered after %d attempts", message.id, message.job_id, attempt_no
+            )
         except asyncio.CancelledError:
             raise  # router stopping: the message stays pending for the next one
         except Exception:  # a bug here must not take the router down
             logger.exception("webhook %s of job %s failed", message.id, message.job_id)
-            self.store.set_webhook_state(message.id, "failed")
+            self.store.set_webhook_state(message.id, DeliveryState.failed)
 
     async def _attempt(self, message: WebhookMessage, url: str, attempt_no: int, rows: list[int]) -> bool:
         """One POST. Returns True when delivered, False when refused for good.
@@ -253,7 +303,8 @@ class WebhookSender:
             if not delivered:
                 retryable = status in RETRY_STATUS
                 result.error = f"the receiver answered HTTP {status}" + (
-                    "; redirects are not followed" if 300 <= status < 400 else "")
+                    "; redirects are not followed" if 300 <= status < 400 else ""
+                )
         except WebhookHostUnresolved as exc:  # DNS may come back
             retryable, result.error = True, exc.message
         except WebhookRefused as exc:
@@ -278,10 +329,17 @@ class WebhookSender:
         if target.port != default_port:
             host_header += f":{target.port}"
         pinned = httpx.URL(target.url).copy_with(host=target.address, port=target.port)
-        headers = {"content-type": "application/json", "user-agent": USER_AGENT, "host": host_header,
-                   "webhook-id": message.id, "webhook-timestamp": str(now), "webhook-signature": signature}
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "host": host_header,
+            "webhook-id": message.id,
+            "webhook-timestamp": str(now),
+            "webhook-signature": signature,
+        }
         # TLS still verifies the certificate against the URL's host name (SNI), not the address.
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        async with self._client.stream("POST", pinned, content=message.payload.encode(), headers=headers,
-                                       extensions=extensions) as response:
+        async with self._client.stream(
+            "POST", pinned, content=message.payload.encode(), headers=headers, extensions=extensions
+        ) as response:
             return response.status_code

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from enum import Enum
-from typing import Callable
 
 from pydantic import BaseModel, Field
 
@@ -19,9 +19,14 @@ class CircuitConfig(BaseModel):
     """Circuit breaker settings, the same for every variant (app args: ``circuit_breaker``)."""
 
     failure_threshold: int = Field(
-        default=5, ge=1, description="Consecutive failed jobs of a variant (internal errors, replica failures, "
-        "full disk; not a request's own timeout or out-of-memory) that open its circuit.")
-    cooldown_s: float = Field(default=60.0, gt=0, description="Seconds an open circuit refuses new jobs before a probe.")
+        default=5,
+        ge=1,
+        description="Consecutive failed jobs of a variant (internal errors, replica failures, "
+        "full disk; not a request's own timeout or out-of-memory) that open its circuit.",
+    )
+    cooldown_s: float = Field(
+        default=60.0, gt=0, description="Seconds an open circuit refuses new jobs before a probe."
+    )
 
 
 class CircuitState(str, Enum):

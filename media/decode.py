@@ -16,7 +16,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
-from deployments.errors import InvalidMedia, UnsupportedMediaType
+from jobs.errors import InvalidMedia, UnsupportedMediaType
 
 #: Image formats taken, detected from the bytes, never from a file name or a Content-Type.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -27,8 +27,14 @@ VIDEO_CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "MP4/MOV", "matroska,webm": "WebM
 
 # Signatures of formats people commonly send by mistake, so the refusal can name them.
 _OTHER_IMAGE_SIGNATURES = (
-    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
-    (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"%PDF", "PDF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"%PDF", "PDF"),
 )
 
 #: Mask pixels at or above this 8-bit luminance count as white ("regenerate"); half of 255,
@@ -95,7 +101,8 @@ def decode_image(data: bytes, *, field: str, max_side: int) -> np.ndarray:
             if max(width, height) > max_side:
                 raise InvalidMedia(
                     f"{field} is {width}x{height} pixels; the longest side may be at most {max_side}: "
-                    "downscale it first", field=field,
+                    "downscale it first",
+                    field=field,
                 )
             im.load()
             rgb = ImageOps.exif_transpose(im).convert("RGB")
@@ -178,7 +185,7 @@ def decode_video(data: bytes, *, field: str, fps: float, max_frames: int, max_si
         t0 = last_rel = None
         try:
             for frame in container.decode(stream):
-                rel = (frame.time if frame.time is not None else len(frames) / source_fps)
+                rel = frame.time if frame.time is not None else len(frames) / source_fps
                 t0 = rel if t0 is None else t0
                 rel -= t0
                 # Output frames strictly before this frame's time show the previous frame.

@@ -1,17 +1,28 @@
-"""Sanitizing user-chosen output filenames."""
+"""Names of result files: the default name a generator gives a job's file, and the sanitized
+form of a name a caller chose."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
-from deployments.errors import ValidationFailed
+from jobs.errors import ValidationFailed
+from jobs.model import RESULT_EXTENSIONS
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+#: Longest result file name, bytes: well under the 255-byte name limit of ext4, XFS and S3 keys' segments.
 MAX_FILENAME_BYTES = 200
 
 
-#: Extensions of the files this service writes (deployments/jobs.py OUTPUT_EXTENSIONS).
-RESULT_EXTENSIONS = (".mp4", ".webm", ".zip")
+def default_filename(gpu_id: str, job_id: str, now: datetime | None = None, extension: str = ".mp4") -> str:
+    """``result_gpu{gpu}_{YYYY-mm-dd_HH-MM-SS}_{short_id}.mp4``; on a CPU replica ``result_cpu_...``.
+
+    ``extension`` follows the output format (``.webm``, ``.zip``).
+    """
+    stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
+    device = "cpu" if gpu_id == "cpu" else f"gpu{gpu_id}"
+    return f"result_{device}_{stamp}_{job_id[:8]}{extension}"
 
 
 def sanitize_filename(name: str, extension: str = ".mp4") -> str:

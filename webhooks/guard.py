@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
-from deployments.errors import ValidationFailed
+from jobs.errors import ValidationFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``resolve(host, port) -> addresses``; the default asks the system resolver (getaddrinfo).
@@ -26,8 +26,9 @@ Resolver = Callable[[str, int], list[str]]
 #: Cloud instance-metadata endpoints, named in refusals: AWS/GCP/Azure/OpenStack (169.254.169.254),
 #: AWS over IPv6 (fd00:ec2::254), AWS ECS task metadata (169.254.170.2), Alibaba Cloud (100.100.100.200).
 #: Each is non-public anyway; the name only makes the message clearer.
-METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, (
-    "169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")))
+METADATA_ADDRESSES = frozenset(
+    map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200"))
+)
 
 #: Longest webhook URL taken, characters (the usual practical limit of URLs in browsers and proxies).
 MAX_URL_LENGTH = 2048
@@ -97,7 +98,9 @@ def parse_networks(networks: Iterable[str]) -> list[ipaddress.IPv4Network | ipad
     return [ipaddress.ip_network(n, strict=False) for n in networks]
 
 
-def check_webhook_url(url: str, allow_networks: Iterable[str] = (), resolve: Resolver = system_resolve) -> WebhookTarget:
+def check_webhook_url(
+    url: str, allow_networks: Iterable[str] = (), resolve: Resolver = system_resolve
+) -> WebhookTarget:
     """Admit ``url`` for webhook delivery, or refuse it with the reason and what would work.
 
     Every address the host resolves to must be public or inside ``allow_networks``: a name
@@ -109,6 +112,7 @@ def check_webhook_url(url: str, allow_networks: Iterable[str] = (), resolve: Res
             does not resolve, or an address is loopback, private, link-local, cloud metadata,
             multicast or otherwise non-public and not admitted by ``allow_networks``.
     """
+
     def refuse(reason: str) -> WebhookRefused:
         return WebhookRefused(f"webhook_url {reason}", field="webhook_url")
 
@@ -137,8 +141,9 @@ def check_webhook_url(url: str, allow_networks: Iterable[str] = (), resolve: Res
         except OSError:
             addresses = []
         if not addresses:
-            raise WebhookHostUnresolved(f"webhook_url host {host!r} does not resolve; check the name",
-                                        field="webhook_url")
+            raise WebhookHostUnresolved(
+                f"webhook_url host {host!r} does not resolve; check the name", field="webhook_url"
+            ) from None
     allowed = parse_networks(allow_networks)
     for text in addresses:
         ip = ipaddress.ip_address(text.split("%")[0])  # drop an IPv6 zone ("fe80::1%eth0")
@@ -147,5 +152,6 @@ def check_webhook_url(url: str, allow_networks: Iterable[str] = (), resolve: Res
             via = "" if text == host else f" (it resolves to {text})"
             raise refuse(
                 f"points to a {kind} address{via}; webhooks go to public addresses only. An operator can "
-                "admit an internal receiver with webhooks.allow_networks in serve_config.yaml")
+                "admit an internal receiver with webhooks.allow_networks in serve_config.yaml"
+            )
     return WebhookTarget(url=url, scheme=scheme, host=host, port=port, address=addresses[0].split("%")[0])

@@ -1,7 +1,7 @@
 """A job's decoded media inputs, kept on disk from submission until the job ends (image inputs
 of a successful job: until the job is deleted, for remixes).
 
-The ingress decodes and fits uploads once (deployments/media_decode.py, frame_fit.py) and
+The ingress decodes and fits uploads once (media/decode.py, media/fit.py) and
 saves the resulting arrays in the job's own folder under ``<data_dir>/inputs/``; the job
 spec carries only the folder (``JobInputs``). The generator loads the arrays, so a job that
 is retried or requeued finds its inputs again, and no frames travel through the router.
@@ -70,13 +70,17 @@ class PreparedInputs:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return JobInputs(
-            folder=str(folder.resolve()), image=self.image is not None, last_image=self.last_image is not None,
-            video=self.video is not None, mask=self.mask is not None,
-            reference_images=len(self.reference_images), summary=self.summary,
+            folder=str(folder.resolve()),
+            image=self.image is not None,
+            last_image=self.last_image is not None,
+            video=self.video is not None,
+            mask=self.mask is not None,
+            reference_images=len(self.reference_images),
+            summary=self.summary,
         )
 
     @classmethod
-    def load(cls, inputs: JobInputs) -> "PreparedInputs":
+    def load(cls, inputs: JobInputs) -> PreparedInputs:
         """Read back what ``save`` wrote.
 
         Raises:
@@ -106,10 +110,34 @@ def kept_for_remix(inputs: JobInputs | None) -> bool:
     return inputs is not None and not inputs.video and not inputs.mask
 
 
+def _owned_folder(inputs: JobInputs, inputs_root: Path) -> Path | None:
+    """The job's input folder when it lies directly under ``inputs_root`` (nothing else is ours to touch)."""
+    folder = Path(inputs.folder).resolve()
+    return folder if folder.parent == Path(inputs_root).resolve() else None
+
+
 def remove_inputs(inputs: JobInputs | None, inputs_root: Path) -> None:
-    """Delete a job's input folder, but only if it lies directly under ``inputs_root``."""
+    """Delete a job's input folder, but only if it lies directly under ``inputs_root``.
+
+    Every removal of an input folder goes through here.
+    """
     if inputs is None:
         return
-    folder = Path(inputs.folder).resolve()
-    if folder.parent == Path(inputs_root).resolve() and folder.is_dir():
+    folder = _owned_folder(inputs, inputs_root)
+    if folder is not None and folder.is_dir():
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def copy_inputs(inputs: JobInputs, inputs_root: Path, new_job_id: str) -> JobInputs | None:
+    """Copy a job's input folder for job ``new_job_id`` (a remix); None when the folder is gone
+    or does not lie directly under ``inputs_root``.
+
+    Raises:
+        OSError: the copy failed (full disk).
+    """
+    source = _owned_folder(inputs, inputs_root)
+    if source is None or not source.is_dir():
+        return None
+    target = Path(inputs_root) / new_job_id
+    shutil.copytree(source, target)
+    return inputs.model_copy(update={"folder": str(target.resolve())})

@@ -6,9 +6,14 @@ contain a traceback or a server path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class ServiceError(Exception):
-    """Base of every error a caller may see. ``code`` is stable; ``message`` is for humans."""
+    """Base of every error a caller may see. ``code`` is stable; ``message`` is for humans.
+
+    A ServiceError of this base class is an internal error (code ``internal``, HTTP 500).
+    """
 
     code = "internal"
 
@@ -135,9 +140,24 @@ class JobCanceled(ServiceError):
     code = "canceled"
 
 
+#: Links followed through an exception's causes: Ray wraps a replica's exception once or twice
+#: (RayTaskError, then the handle's own error); more than this is a loop or not ours.
+MAX_CHAIN = 8
+
+
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc``, then what it wraps: Ray's ``cause`` attribute, else ``__cause__``; at most MAX_CHAIN."""
+    for _ in range(MAX_CHAIN):
+        if exc is None:
+            return
+        yield exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+
+
 def unwrap(exc: BaseException) -> BaseException:
-    """The ServiceError behind a Ray task error, if any (Ray wraps exceptions raised in replicas)."""
-    seen = 0
-    while not isinstance(exc, ServiceError) and getattr(exc, "cause", None) is not None and seen < 5:
-        exc, seen = exc.cause, seen + 1
-    return exc
+    """The ServiceError behind a wrapped exception (Ray wraps exceptions raised in replicas), else ``exc``."""
+    return next((e for e in exception_chain(exc) if isinstance(e, ServiceError)), exc)
+
+
+#: Error codes that say the variant, not the request, failed: they count toward its circuit breaker.
+VARIANT_FAILURE_CODES = frozenset({ServiceError.code, ModelUnavailable.code, DiskFull.code})

@@ -1,0 +1,561 @@
+"""The job engine: everything the router does that is not Ray. It composes the store, the
+per-variant queue, the event logs, the circuit breakers, ETAs and retention, and is driven by
+the router deployment (deployments/router.py), which owns the generator calls.
+
+Tests build it without Ray: a store on a temporary SQLite file, a folder for results.
+Not thread-safe: one event loop (the router's) drives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from jobs.circuit_breaker import CircuitBreaker, CircuitConfig
+from jobs.config import QueuePolicy, RetentionPolicy
+from jobs.errors import (
+    FilenameTaken,
+    FileNotFoundForJob,
+    IdempotencyConflict,
+    JobCanceled,
+    JobNotFound,
+    ModelUnavailable,
+    QueueFull,
+    ServiceError,
+    ValidationFailed,
+    VariantNotDeployed,
+)
+from jobs.eta import queued_eta_s, running_remaining_s
+from jobs.events import EventBatch, EventLogs, JobEvent
+from jobs.failures import FailureAction, classify_failure
+from jobs.files import ResultFiles
+from jobs.inputs import copy_inputs, kept_for_remix, remove_inputs
+from jobs.model import JobRecord, JobResult, JobSpec, JobStatus, JobView, Phase, ProgressEvent
+from jobs.queue import JobQueue
+from jobs.retention import expired_jobs, files_over_cap
+from jobs.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a variant's dispatch pauses after a broken replica handed a job back untouched, so the
+#: job does not bounce off that replica until Ray Serve replaces it (it fails health checks every 5 s).
+REFUSED_PAUSE_S = 1.0
+
+#: The message of a job whose generator stream ended without a result or an error.
+STREAM_ENDED = "the generator stream ended without a result"
+
+
+class EngineConfig(BaseModel):
+    """Settings of the job engine (embedded in the router's config)."""
+
+    queue: QueuePolicy = Field(default_factory=QueuePolicy, description="Queue bound, attempts, unavailable variants.")
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy, description="Purging ended jobs and files.")
+    circuit_breaker: CircuitConfig = Field(default_factory=CircuitConfig, description="Per-variant circuit breaker.")
+    slots: dict[str, int] = Field(description="Variant -> generator replicas, i.e. jobs it may run at once.")
+    retry_after_s: int = Field(
+        default=30, ge=1, description="Retry-After of a 429 before any job duration was measured, seconds."
+    )
+
+
+class JobObserver(Protocol):
+    """Told about every stored change of a job (the webhook sender is one)."""
+
+    def job_changed(self, rec: JobRecord, event: JobEvent) -> None: ...
+
+    def jobs_deleted(self, ids: list[str]) -> None: ...
+
+
+class RunningJob:
+    """A dispatched job: its spec, when and how many times it started, and whether it was canceled."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.started = 0.0
+        self.attempts = 0
+        self.canceled = False
+
+
+class JobEngine:
+    """Jobs from submission to their one terminal state.
+
+    Args:
+        config: queue, retention and breaker settings, and each variant's slots.
+        store: where jobs are kept (written before ``submit`` returns).
+        files: the result-file folder.
+        inputs_root: the folder of the jobs' input folders.
+        observers: told of every change and deletion.
+        clock: Unix seconds (``time.time``); ``monotonic`` for pauses.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: JobStore,
+        files: ResultFiles,
+        inputs_root: Path,
+        observers: Iterable[JobObserver] = (),
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.files = files
+        self.inputs_root = Path(inputs_root)
+        self.observers = list(observers)
+        self.clock, self.monotonic = clock, monotonic
+        self.queue = JobQueue()
+        self.running: dict[str, RunningJob] = {}
+        self.logs = EventLogs()
+        self.breakers = {v: CircuitBreaker(config.circuit_breaker) for v in config.slots}
+        self._paused_until: dict[str, float] = {}
+
+    # ---- start ------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load the queue from the store: queued jobs in FIFO order, and jobs a previous router
+        left running back at their place, unless they have had all their attempts."""
+        limit = self.config.queue.max_attempts
+        for rec in self.store.by_status([JobStatus.running]):
+            if rec.attempts >= limit:
+                self._update(
+                    rec.id,
+                    status=JobStatus.error,
+                    error_code=ServiceError.code,
+                    finished_at=self.clock(),
+                    error_message=f"the job was running when the service stopped, {rec.attempts} times "
+                    f"(max_attempts={limit}); it was not retried again",
+                )
+                remove_inputs(rec.spec.inputs, self.inputs_root)
+            else:
+                self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
+        for rec in self.store.by_status([JobStatus.queued]):
+            self.queue.push(rec.id, rec.variant)
+
+    # ---- views ------------------------------------------------------------------------------
+
+    def _get(self, job_id: str) -> JobRecord:
+        rec = self.store.get(job_id)
+        if rec is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return rec
+
+    def _remaining_s(self, rec: JobRecord) -> float | None:
+        return running_remaining_s(
+            now=self.clock(),
+            started_at=rec.started_at,
+            step=rec.step,
+            total_steps=rec.total_steps,
+            step_seconds=rec.step_seconds,
+            avg_job_s=self.store.avg_job_seconds(rec.variant),
+        )
+
+    def _running_of(self, variant: str) -> list[RunningJob]:
+        return [r for r in self.running.values() if r.spec.variant == variant]
+
+    def view(self, rec: JobRecord) -> JobView:
+        """``rec`` as callers see it, with its live queue position and ETA."""
+        if rec.status == JobStatus.running and rec.id in self.running:
+            return JobView.of(rec, eta_seconds=self._remaining_s(rec))
+        position = self.queue.position(rec.id) if rec.status == JobStatus.queued else None
+        if position is None:
+            return JobView.of(rec)
+        running = [self.store.get(r.spec.id) for r in self._running_of(rec.variant)]
+        eta = queued_eta_s(
+            position=position,
+            slots=self.config.slots.get(rec.variant, 1),
+            avg_job_s=self.store.avg_job_seconds(rec.variant),
+            running_left_s=[(self._remaining_s(r) or 0.0) if r else 0.0 for r in running],
+        )
+        return JobView.of(rec, queue_position=position, eta_seconds=eta)
+
+    def status(self, job_id: str) -> JobView:
+        """Raises JobNotFound."""
+        return self.view(self._get(job_id))
+
+    def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobView], bool]:
+        """A page of jobs in submission order (newest first when ``descending``) and whether more follow.
+
+        Raises:
+            JobNotFound: ``after`` names no job.
+        """
+        try:
+            records, more = self.store.page(after, limit, descending)
+        except KeyError:
+            raise JobNotFound(f"no job with id {after!r} to list after") from None
+        return [self.view(r) for r in records], more
+
+    def lookup(self, prompt: str) -> JobView:
+        """The newest job submitted with exactly ``prompt``. Raises JobNotFound."""
+        rec = self.store.newest_with_prompt(prompt)
+        if rec is None:
+            raise JobNotFound("no job has that prompt")
+        return self.view(rec)
+
+    # ---- changes and their events -------------------------------------------------------------
+
+    def _update(self, job_id: str, **fields: Any) -> JobRecord | None:
+        """Write ``fields`` and tell the job's event log and the observers."""
+        rec = self.store.update(job_id, **fields)
+        if rec is not None:
+            event = JobEvent.of(self.view(rec))
+            self.logs.record(rec.id, event)
+            for observer in self.observers:
+                observer.job_changed(rec, event)
+        return rec
+
+    def _snapshot(self, job_id: str) -> JobEvent | None:
+        rec = self.store.get(job_id)
+        return JobEvent.of(self.view(rec)) if rec is not None else None
+
+    async def events(self, job_id: str, after: int = 0, timeout_s: float = 15.0) -> EventBatch:
+        """Events of ``job_id`` after id ``after``, waiting up to ``timeout_s`` seconds for one
+        (jobs/events.py). Raises JobNotFound."""
+        if job_id not in self.logs:
+            rec = self._get(job_id)
+            self.logs.open(job_id, JobEvent.of(self.view(rec)))
+        try:
+            return await self.logs.wait_after(job_id, after, timeout_s, lambda: self._snapshot(job_id))
+        except KeyError:
+            raise JobNotFound(f"no job with id {job_id!r}") from None
+
+    # ---- submit -------------------------------------------------------------------------------
+
+    def find_idempotent(self, key: str, request_hash: str) -> JobView | None:
+        """The job submitted earlier with Idempotency-Key ``key``, or None.
+
+        Raises:
+            IdempotencyConflict: ``key`` came with a different request.
+        """
+        rec = self.store.by_idempotency_key(key)
+        if rec is None:
+            return None
+        if rec.request_hash != request_hash:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {key!r} was used for a different request (job {rec.id}); use a new key "
+                "for a new request",
+                field="Idempotency-Key",
+            )
+        return self.view(rec).model_copy(update={"replayed": True})
+
+    def submit(
+        self,
+        spec: JobSpec,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        precheck: Callable[[JobSpec], None] | None = None,
+    ) -> JobView:
+        """Store ``spec`` as a queued job. With ``idempotency_key``, a key seen before returns that
+        job instead (``replayed``) and stores nothing. ``precheck(spec)`` runs after that lookup
+        and may raise to refuse it (the router's fit and availability checks).
+
+        Raises:
+            VariantNotDeployed: no generator serves ``spec.variant``.
+            IdempotencyConflict: ``idempotency_key`` came with a different request before.
+            ModelUnavailable: the variant's circuit breaker is open (``retry_after_s`` says when to retry).
+            QueueFull: ``max_queued_jobs`` jobs are already waiting.
+            FilenameTaken: another live job or file already uses ``spec.filename``.
+            ServiceError: whatever ``precheck`` raises.
+        """
+        if spec.variant not in self.config.slots:
+            raise VariantNotDeployed(f"variant {spec.variant!r} is not deployed", deployed=sorted(self.config.slots))
+        if idempotency_key is not None:
+            earlier = self.find_idempotent(idempotency_key, request_hash or "")
+            if earlier is not None:
+                return earlier
+        if precheck is not None:
+            precheck(spec)
+        breaker = self.breakers[spec.variant]
+        if breaker.refusing():
+            retry = breaker.retry_after_s()
+            raise ModelUnavailable(
+                f"{spec.variant} failed {breaker.failures} jobs in a row (last: {breaker.last_error}); new jobs are "
+                f"refused for {retry} s while the queued ones wait, then one job probes it",
+                retry_after_s=retry,
+            )
+        limit = self.config.queue.max_queued_jobs
+        if len(self.queue) >= limit:
+            avg = self.store.avg_job_seconds(spec.variant)
+            retry = math.ceil(avg) if avg else self.config.retry_after_s
+            raise QueueFull(
+                f"{len(self.queue)} jobs are already waiting (max_queued_jobs={limit}); retry in about {retry} s",
+                retry_after_s=retry,
+            )
+        if spec.filename and (self.store.filename_owner(spec.filename) or self.files.exists(spec.filename)):
+            raise FilenameTaken(f"filename {spec.filename!r} is already used by another job; choose another name")
+        rec = self.store.insert(spec, idempotency_key, request_hash or None)
+        self.queue.push(spec.id, spec.variant)
+        view = self.view(rec)
+        self.logs.open(rec.id, JobEvent.of(view))
+        return view
+
+    def remix_spec(self, job_id: str, prompt: str) -> JobSpec:
+        """A new job with job ``job_id``'s parameters (seed included), its inputs copied, and ``prompt``.
+
+        Touches only the store and the disk, so it may run in a worker thread.
+
+        Raises:
+            JobNotFound: no such job.
+            ValidationFailed: the original's uploaded inputs are no longer stored.
+        """
+        original = self._get(job_id).spec
+        new_id = uuid.uuid4().hex
+        inputs = None
+        if original.inputs is not None:
+            inputs = copy_inputs(original.inputs, self.inputs_root, new_id)
+            if inputs is None:
+                raise ValidationFailed(
+                    "this video's inputs are no longer stored (a source video is dropped when its job ends, "
+                    "and a failed or canceled job keeps none); create a new video with them instead",
+                    field="video_id",
+                )
+        params = original.params.model_copy(update={"prompt": prompt})
+        return original.model_copy(
+            update={"id": new_id, "params": params, "inputs": inputs, "filename": None, "remixed_from": original.id}
+        )
+
+    def discard_inputs(self, spec: JobSpec) -> None:
+        """Remove the inputs of a job that was not stored (refused, or a twin won its idempotency key)."""
+        remove_inputs(spec.inputs, self.inputs_root)
+
+    # ---- dispatch -----------------------------------------------------------------------------
+
+    def dispatchable(self, variant_ready: Callable[[str], bool]) -> list[JobSpec]:
+        """Take the jobs that may start now off the queue, oldest first per variant, and count them
+        as running: one per free slot of a variant whose dispatch is not paused, whose generator is
+        not failing (``variant_ready``) and whose circuit breaker lets it through."""
+        started = []
+        for variant in self.queue.variants():
+            breaker = self.breakers[variant]
+            while (job_id := self.queue.head(variant)) is not None:
+                if len(self._running_of(variant)) >= self.config.slots.get(variant, 0):
+                    break
+                if self.monotonic() < self._paused_until.get(variant, 0.0):
+                    break
+                if not variant_ready(variant) or not breaker.may_dispatch():
+                    break
+                self.queue.pop(variant)
+                rec = self.store.get(job_id)
+                if rec is None or rec.status != JobStatus.queued:
+                    continue
+                breaker.started()
+                self.running[job_id] = RunningJob(rec.spec)
+                started.append(rec.spec)
+                for waiting in self.queue.of(variant):  # everyone behind it moved up one place
+                    if waiting in self.logs and (event := self._snapshot(waiting)) is not None:
+                        self.logs.record(waiting, event)
+        return started
+
+    def start(self, job_id: str) -> None:
+        """The job's generator call is about to be made: it is running, one more attempt."""
+        run = self.running[job_id]
+        run.started = self.clock()
+        run.attempts = self._get(job_id).attempts + 1
+        self._update(
+            job_id, status=JobStatus.running, phase=Phase.loading, started_at=run.started, attempts=run.attempts
+        )
+
+    def progress(self, job_id: str, item: ProgressEvent) -> None:
+        """A progress report from the generator."""
+        fields: dict[str, Any] = dict(
+            phase=item.phase, step=item.step, total_steps=item.total_steps, gpu_id=item.gpu_id
+        )
+        if item.step_seconds is not None:  # phases after denoising keep the measured step time
+            fields["step_seconds"] = item.step_seconds
+        self._update(job_id, **fields)
+
+    def succeeded(self, job_id: str, result: JobResult) -> None:
+        """The generator wrote the result file."""
+        run = self.running[job_id]
+        finished = self.clock()
+        self._update(
+            job_id,
+            status=JobStatus.success,
+            phase=None,
+            filename=result.filename,
+            result=result.model_dump(),
+            finished_at=finished,
+            gpu_id=result.gpu_id,
+        )
+        self.store.record_job_seconds(run.spec.variant, finished - run.started)
+        self.breakers[run.spec.variant].succeeded()
+
+    def failed(self, job_id: str, exc: BaseException, replica_died: bool) -> float | None:
+        """The generator call raised ``exc``: requeue the job or end it, and tell the breaker.
+
+        Returns the seconds the variant's dispatch pauses (a hand-back), else None.
+        """
+        run = self.running[job_id]
+        spec, breaker, limit = run.spec, self.breakers[run.spec.variant], self.config.queue.max_attempts
+        failure = classify_failure(
+            exc, replica_died=replica_died, attempts=run.attempts, max_attempts=limit, variant=spec.variant
+        )
+        if failure.action == FailureAction.hand_back:
+            breaker.neutral()
+            self.store.update(job_id, attempts=run.attempts - 1)
+            self._requeue_first(spec)
+            self._paused_until[spec.variant] = self.monotonic() + REFUSED_PAUSE_S
+            return REFUSED_PAUSE_S
+        if failure.variant_at_fault:
+            breaker.failed(failure.reason)
+        else:
+            breaker.neutral()
+        if failure.replica_lost:
+            logger.warning("job %s: %s (attempt %d of %d)", job_id, failure.reason, run.attempts, limit)
+        if failure.action == FailureAction.retry:
+            self._requeue_first(spec)
+            return None
+        if failure.unexpected:
+            logger.error("job %s failed", job_id, exc_info=exc)
+        self._update(
+            job_id,
+            status=JobStatus.error,
+            error_code=failure.code,
+            error_message=failure.message,
+            finished_at=self.clock(),
+        )
+        return None
+
+    def _requeue_first(self, spec: JobSpec) -> None:
+        """Put a job that was running back at the front of its queue: it was the oldest of its
+        variant when it started."""
+        self.queue.push(spec.id, spec.variant, front=True)
+        self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
+
+    def finish(self, job_id: str) -> float | None:
+        """The generator call is over, however it ended: free its slot and its inputs.
+
+        A job still ``running`` here (and not canceled) ends ``error``/``internal``. Returns the
+        seconds until the variant's open circuit lets a probe through, or None.
+        """
+        run = self.running[job_id]
+        breaker = self.breakers[run.spec.variant]
+        rec = self.store.get(job_id)
+        if rec is not None and rec.status == JobStatus.running and not run.canceled:
+            self._update(
+                job_id,
+                status=JobStatus.error,
+                error_code=ServiceError.code,
+                error_message=STREAM_ENDED,
+                finished_at=self.clock(),
+            )
+            breaker.failed(STREAM_ENDED)
+        if run.canceled:
+            breaker.neutral()
+        del self.running[job_id]
+        rec = self.store.get(job_id)
+        if rec is None or (
+            rec.status.terminal and not (rec.status == JobStatus.success and kept_for_remix(run.spec.inputs))
+        ):
+            remove_inputs(run.spec.inputs, self.inputs_root)
+        return breaker.retry_after_s() if breaker.refusing() else None
+
+    # ---- cancel and delete --------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> RunningJob | None:
+        """Mark a queued or running job ``canceled`` (a terminal job stays as it is).
+
+        A queued job leaves the queue and its inputs go; a running one is returned, flagged, for
+        the caller to stop its generator call. Raises JobNotFound.
+        """
+        rec = self._get(job_id)
+        if rec.status.terminal:
+            return None
+        self._update(
+            job_id,
+            status=JobStatus.canceled,
+            error_code=JobCanceled.code,
+            error_message="canceled by request",
+            finished_at=self.clock(),
+        )
+        if self.queue.remove(job_id):
+            remove_inputs(rec.spec.inputs, self.inputs_root)
+        run = self.running.get(job_id)
+        if run is not None:
+            run.canceled = True
+        return run
+
+    def select(self, ids: list[str] | None, status: JobStatus | None, all_jobs: bool) -> list[JobRecord]:
+        """The jobs a delete names: all, by ids, or by status (nothing when none is given)."""
+        if all_jobs:
+            return self.store.all()
+        if ids:
+            return self.store.by_ids(ids)
+        if status is not None:
+            return self.store.by_status([status])
+        return []
+
+    def delete(self, selected: list[JobRecord], delete_files: bool) -> list[str]:
+        """Remove ``selected`` jobs (already ended or canceled) with their inputs and, with
+        ``delete_files``, their result files. Returns the file names deleted."""
+        files = [
+            r.filename for r in selected if delete_files and r.has_file and r.filename and self.files.remove(r.filename)
+        ]
+        for rec in selected:
+            remove_inputs(rec.spec.inputs, self.inputs_root)
+        self._forget([r.id for r in selected])
+        return [f for f in files if f]
+
+    def _forget(self, ids: list[str]) -> None:
+        self.store.delete(ids)
+        for observer in self.observers:
+            observer.jobs_deleted(ids)
+
+    def _delete_file(self, rec: JobRecord) -> bool:
+        """Delete a job's result file and mark it deleted (the job stays). Returns whether a file went."""
+        removed = self.files.remove(rec.filename)
+        self.store.update(rec.id, file_deleted=True)
+        return removed
+
+    # ---- result files -------------------------------------------------------------------------
+
+    def videos(self) -> list[JobView]:
+        """Successful jobs whose file exists, oldest first."""
+        return [self.view(r) for r in self.store.videos() if self.files.exists(r.filename)]
+
+    def delete_videos(self, filenames: list[str] | None, ids: list[str] | None, all_videos: bool) -> list[str]:
+        """Delete result files (the jobs stay, marked file_deleted). Returns the names deleted."""
+        recs = self.store.videos()
+        if not all_videos:
+            wanted_names, wanted_ids = set(filenames or []), set(ids or [])
+            recs = [r for r in recs if r.filename in wanted_names or r.id in wanted_ids]
+        return [r.filename for r in recs if self._delete_file(r) and r.filename]
+
+    def check_file(self, filename: str) -> str:
+        """``filename`` when it is the result file of a successful job and still exists.
+
+        Raises:
+            FileNotFoundForJob: otherwise.
+        """
+        rec = self.store.filename_owner(filename)
+        if rec is None or rec.status != JobStatus.success or not self.files.exists(filename):
+            raise FileNotFoundForJob(f"no video named {filename!r}; GET /videos lists them")
+        return filename
+
+    def purge(self) -> dict[str, list[str]]:
+        """Apply retention now: remove jobs that ended more than ``retention_days`` ago (rows, files,
+        inputs, what observers keep), then delete the oldest result files while they add up to
+        more than ``max_output_gib``. Returns ``{"jobs_deleted": [ids], "files_deleted": [names]}``."""
+        policy = self.config.retention
+        files_deleted: list[str] = []
+        old = expired_jobs(self.store, policy, self.clock())
+        for rec in old:
+            if rec.has_file and rec.filename and self.files.remove(rec.filename):
+                files_deleted.append(rec.filename)
+            remove_inputs(rec.spec.inputs, self.inputs_root)
+            self.logs.drop(rec.id)
+        if old:
+            self._forget([r.id for r in old])
+        for rec in files_over_cap(self.store, self.files, policy):
+            if self._delete_file(rec) and rec.filename:
+                files_deleted.append(rec.filename)
+        jobs_deleted = [r.id for r in old]
+        if jobs_deleted or files_deleted:
+            logger.info("retention: %d jobs and %d files removed", len(jobs_deleted), len(files_deleted))
+        return {"jobs_deleted": jobs_deleted, "files_deleted": files_deleted}

@@ -1,0 +1,292 @@
+"""The job store: every job, its status, progress and outcome. ``JobStore`` is the interface the
+job engine uses; ``SqliteJobStore`` implements it over SQLite (WAL mode).
+
+Only the router writes to it. A job's row exists before the API answers 202, so a
+restarted router can reload its queue from here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from jobs.model import JobRecord, JobSpec, JobStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO order
+    id             TEXT NOT NULL UNIQUE,
+    variant        TEXT NOT NULL,
+    prompt         TEXT NOT NULL,
+    spec           TEXT NOT NULL,                       -- JobSpec as JSON
+    status         TEXT NOT NULL,
+    phase          TEXT,
+    step           INTEGER NOT NULL DEFAULT 0,
+    total_steps    INTEGER NOT NULL DEFAULT 0,
+    step_seconds   REAL,
+    gpu_id         TEXT,
+    filename       TEXT,
+    file_deleted   INTEGER NOT NULL DEFAULT 0,
+    error_code     TEXT,
+    error_message  TEXT,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    result         TEXT,                                -- JobResult as JSON
+    created_at     REAL NOT NULL,
+    started_at     REAL,
+    finished_at    REAL,
+    idempotency_key TEXT,                               -- the POST's Idempotency-Key header, if any
+    request_hash    TEXT                                -- sha256 of the request it came with
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_prompt ON jobs(prompt, seq);
+CREATE INDEX IF NOT EXISTS jobs_filename ON jobs(filename);
+CREATE TABLE IF NOT EXISTS variant_stats (
+    variant          TEXT PRIMARY KEY,
+    avg_job_seconds  REAL NOT NULL,
+    samples          INTEGER NOT NULL
+);
+"""
+
+#: Weight of the newest job in the moving average of job durations (exponential moving average).
+ETA_EMA_ALPHA = 0.3
+
+
+#: Columns added after the first release, with their types: added to an older jobs.db on open.
+_ADDED_COLUMNS = {"idempotency_key": "TEXT", "request_hash": "TEXT"}
+
+
+class JobStore(Protocol):
+    """What the job engine needs of a job store. Every write is durable when the call returns."""
+
+    def insert(
+        self, spec: JobSpec, idempotency_key: str | None = None, request_hash: str | None = None
+    ) -> JobRecord: ...
+    def get(self, job_id: str) -> JobRecord | None: ...
+    def update(self, job_id: str, **fields: Any) -> JobRecord | None: ...
+    def by_status(self, statuses: Iterable[JobStatus]) -> list[JobRecord]: ...
+    def by_ids(self, ids: Iterable[str]) -> list[JobRecord]: ...
+    def by_idempotency_key(self, key: str) -> JobRecord | None: ...
+    def all(self) -> list[JobRecord]: ...
+    def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobRecord], bool]: ...
+    def newest_with_prompt(self, prompt: str) -> JobRecord | None: ...
+    def filename_owner(self, filename: str) -> JobRecord | None: ...
+    def videos(self) -> list[JobRecord]: ...
+    def ended_before(self, cutoff: float) -> list[JobRecord]: ...
+    def delete(self, ids: Iterable[str]) -> None: ...
+    def avg_job_seconds(self, variant: str) -> float | None: ...
+    def record_job_seconds(self, variant: str, seconds: float) -> None: ...
+
+
+class SqliteDatabase:
+    """One SQLite connection (WAL, ``synchronous=FULL``) shared by the stores of one process,
+    behind one lock. ``synchronous=FULL`` so a committed job survives a power cut, not only a
+    process crash."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.connection.row_factory = sqlite3.Row
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=FULL")
+        self.connection.execute("PRAGMA busy_timeout=5000")
+
+    @contextmanager
+    def cursor(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held under the lock (each statement commits on its own: autocommit)."""
+        with self.lock:
+            yield self.connection
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class SqliteJobStore:
+    """``JobStore`` over SQLite. Thread-safe through the database's lock; every write is committed
+    before returning.
+
+    Args:
+        db: a database file path, or a ``SqliteDatabase`` shared with other stores (webhooks).
+    """
+
+    def __init__(self, db: Path | str | SqliteDatabase) -> None:
+        self.db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(Path(db))
+        self._lock = self.db.lock
+        self._db = self.db.connection
+        self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL"
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _row(self, row: sqlite3.Row | None) -> JobRecord | None:
+        if row is None:
+            return None
+        data = dict(row)
+        data["spec"] = JobSpec.model_validate_json(data["spec"])
+        data["result"] = json.loads(data["result"]) if data["result"] else None
+        return JobRecord.model_validate(data)
+
+    def insert(self, spec: JobSpec, idempotency_key: str | None = None, request_hash: str | None = None) -> JobRecord:
+        """Add a queued job. Returns its record (with its FIFO ``seq``).
+
+        Raises:
+            sqlite3.IntegrityError: ``idempotency_key`` is already taken.
+        """
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, variant, prompt, spec, status, filename, total_steps, created_at, "
+                "idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    spec.id,
+                    spec.variant,
+                    spec.params.prompt,
+                    spec.model_dump_json(),
+                    JobStatus.queued.value,
+                    spec.filename,
+                    spec.params.num_inference_steps,
+                    time.time(),
+                    idempotency_key,
+                    request_hash,
+                ),
+            )
+        rec = self.get(spec.id)
+        assert rec is not None
+        return rec
+
+    def by_idempotency_key(self, key: str) -> JobRecord | None:
+        with self._lock:
+            return self._row(self._db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone())
+
+    def ended_before(self, cutoff: float) -> list[JobRecord]:
+        """Terminal jobs that finished before ``cutoff`` (Unix seconds), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status IN (?, ?, ?) AND finished_at < ? ORDER BY seq",
+                (JobStatus.success.value, JobStatus.error.value, JobStatus.canceled.value, cutoff),
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._row(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def update(self, job_id: str, **fields: Any) -> JobRecord | None:
+        """Set columns of one job and return the updated record in the same statement (None when
+        there is no such job). ``status`` and ``phase`` may be enums, ``result`` a dict."""
+        if not fields:
+            return self.get(job_id)
+        for key in ("status", "phase"):
+            if hasattr(fields.get(key), "value"):
+                fields[key] = fields[key].value
+        if isinstance(fields.get("result"), dict):
+            fields["result"] = json.dumps(fields["result"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            row = self._db.execute(
+                f"UPDATE jobs SET {cols} WHERE id = ? RETURNING *", (*fields.values(), job_id)
+            ).fetchone()
+        return self._row(row)
+
+    def by_status(self, statuses: Iterable[JobStatus]) -> list[JobRecord]:
+        """Jobs in any of ``statuses``, oldest first (FIFO order)."""
+        values = [s.value for s in statuses]
+        marks = ",".join("?" * len(values))
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", values).fetchall()
+        return [self._row(r) for r in rows]
+
+    def by_ids(self, ids: Iterable[str]) -> list[JobRecord]:
+        ids = list(ids)
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY seq", ids).fetchall()
+        return [self._row(r) for r in rows]
+
+    def all(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
+        return [self._row(r) for r in rows]
+
+    def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobRecord], bool]:
+        """Up to ``limit`` jobs in submission order (newest first when ``descending``), starting
+        after job ``after``. Returns the jobs and whether more follow. Raises KeyError for an
+        unknown ``after``."""
+        order, cmp = ("DESC", "<") if descending else ("ASC", ">")
+        with self._lock:
+            start = None
+            if after is not None:
+                row = self._db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
+                if row is None:
+                    raise KeyError(after)
+                start = row[0]
+            where, args = (f"WHERE seq {cmp} ?", [start]) if start is not None else ("", [])
+            rows = self._db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY seq {order} LIMIT ?", [*args, limit + 1]
+            ).fetchall()
+        return [self._row(r) for r in rows[:limit]], len(rows) > limit
+
+    def newest_with_prompt(self, prompt: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE prompt = ? ORDER BY seq DESC LIMIT 1", (prompt,)
+            ).fetchone()
+        return self._row(row)
+
+    def filename_owner(self, filename: str) -> JobRecord | None:
+        """The job that owns ``filename`` (its file may be written, pending or deleted)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE filename = ? AND file_deleted = 0 AND status NOT IN (?, ?) "
+                "ORDER BY seq DESC LIMIT 1",
+                (filename, JobStatus.error.value, JobStatus.canceled.value),
+            ).fetchone()
+        return self._row(row)
+
+    def videos(self) -> list[JobRecord]:
+        """Successful jobs whose file has not been deleted, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status = ? AND file_deleted = 0 AND filename IS NOT NULL ORDER BY seq",
+                (JobStatus.success.value,),
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def delete(self, ids: Iterable[str]) -> None:
+        """Remove jobs (what refers to them, like webhook records, is removed by its own store)."""
+        ids = list(ids)
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            self._db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+
+    def avg_job_seconds(self, variant: str) -> float | None:
+        """Moving average of recent job durations (dispatch to file written) for ``variant``, seconds."""
+        with self._lock:
+            row = self._db.execute("SELECT avg_job_seconds FROM variant_stats WHERE variant = ?", (variant,)).fetchone()
+        return row[0] if row else None
+
+    def record_job_seconds(self, variant: str, seconds: float) -> None:
+        """Fold one finished job's duration into the variant's exponential moving average."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO variant_stats (variant, avg_job_seconds, samples) VALUES (?, ?, 1) "
+                "ON CONFLICT(variant) DO UPDATE SET "
+                "avg_job_seconds = avg_job_seconds * (1 - ?) + ? * ?, samples = samples + 1",
+                (variant, seconds, ETA_EMA_ALPHA, ETA_EMA_ALPHA, seconds),
+            )

@@ -1,0 +1,1 @@
+"""The /generate API: routes (routes.py), protocol models (protocol.py), serving logic (serving.py)."""

@@ -1,0 +1,194 @@
+"""Routes of the /generate API: submit, status, live progress, cancel, delete, files.
+
+Thin: each route reads its request and hands it to ``JobService`` (serving.py) or the router.
+``GenerateRoutes`` is a base of the ingress deployment (serve_app/ingress.py), whose
+``serve.ingress`` binds these methods to the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from jobs.config import DataLayout
+from jobs.errors import JobNotFound, ValidationFailed, unwrap
+from jobs.filenames import sanitize_filename
+from jobs.model import OUTPUT_FORMATS, JobStatus, format_of_filename
+from serve_app.errors import ERROR_RESPONSES
+from serve_app.generate.protocol import (
+    DeleteJobsResult,
+    DeleteVideosResult,
+    GenerateAccepted,
+    JobStatusResponse,
+    VideoInfo,
+    WebhookDeliveries,
+)
+from serve_app.generate.serving import JobService, idempotency
+from serve_app.request_body import generate_openapi, read_generate_request
+
+router = APIRouter()
+
+#: Seconds one events call waits in the router for something new; an SSE keep-alive comment
+#: goes out after each empty wait, so proxies with idle timeouts of 30 s or more keep the stream.
+EVENTS_WAIT_S = 15.0
+
+
+def _last_event_id(header: str | None) -> int:
+    try:
+        return max(int(header), 0) if header else 0
+    except ValueError:
+        raise ValidationFailed(
+            f"Last-Event-ID must be an event id (an integer), got {header!r}", field="Last-Event-ID"
+        ) from None
+
+
+def _split(csv: str | None) -> list[str]:
+    return [part for part in (csv or "").split(",") if part]
+
+
+class GenerateRoutes:
+    """The /generate family of routes. Needs ``router`` (the router's handle), ``jobs`` and ``layout``."""
+
+    router: Any
+    jobs: JobService
+    layout: DataLayout
+
+    @router.post(
+        "/generate",
+        status_code=202,
+        response_model=GenerateAccepted,
+        responses=ERROR_RESPONSES,
+        openapi_extra=generate_openapi(),
+    )
+    async def generate(self, request: Request, response: Response) -> GenerateAccepted:
+        """Queue a video generation job: JSON for text-only jobs, multipart/form-data with files
+        (image, last_image, video, mask, reference_images) for the others.
+
+        Uploads are decoded and checked before anything is queued; the job (and its decoded
+        inputs) are stored before this answers 202. With an ``Idempotency-Key`` header, the
+        same key and request return the same job (header ``Idempotent-Replayed: true``).
+        """
+        req, uploads = await read_generate_request(request)
+        key = idempotency(request.url.path, request.headers.get("idempotency-key"), req, uploads)
+        # Shielded: once the request is read, a client that goes away does not stop it being stored.
+        view = await asyncio.shield(self.jobs.submit(req, uploads, idempotent=key))
+        if view.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return self.jobs.accepted(view)
+
+    @router.get("/status/{job_id}", response_model=JobStatusResponse, responses=ERROR_RESPONSES)
+    async def status(self, job_id: str) -> JobStatusResponse:
+        """Status, progress (0..1), ETA, and the file URL once done."""
+        return self.jobs.status(await self.router.status.remote(job_id))
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobStatusResponse, responses=ERROR_RESPONSES)
+    async def cancel(self, job_id: str) -> JobStatusResponse:
+        """Cancel a queued or running job; it ends `canceled` and writes no file. The job stays listed."""
+        return self.jobs.status(await self.router.cancel.remote(job_id))
+
+    @router.get("/jobs/{job_id}/events", responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
+    async def job_events(self, job_id: str, request: Request) -> StreamingResponse:
+        """Server-Sent Events: one event per phase change, per denoising step and per queue move,
+        then the terminal event, after which the stream ends. Each has ``id``, ``event`` (queued,
+        phase, step, terminal) and JSON ``data`` (status, phase, step, total_steps, progress,
+        eta_seconds, queue_position). Reconnect with ``Last-Event-ID`` to resume after that event."""
+        after = _last_event_id(request.headers.get("last-event-id"))
+        first = await self.router.events.remote(job_id, after, 0.0)  # 404 before the stream starts
+
+        async def stream() -> AsyncIterator[str]:
+            batch, seen = first, after
+            while True:
+                for event in batch.events:
+                    seen = event.id
+                    yield f"id: {event.id}\nevent: {event.event}\ndata: {json.dumps(event.as_dict())}\n\n"
+                if batch.done:
+                    return
+                if not batch.events:
+                    yield ": keep-alive\n\n"
+                batch = await self.router.events.remote(job_id, seen, EVENTS_WAIT_S)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    @router.websocket("/ws/jobs/{job_id}")
+    async def job_events_ws(self, websocket: WebSocket, job_id: str, last_event_id: int = 0) -> None:
+        """The same events as /jobs/{id}/events, one JSON message each; the server closes the
+        socket (code 1000) after the terminal event, or with 4404 for an unknown job."""
+        await websocket.accept()
+        after = last_event_id
+        try:
+            while True:
+                try:
+                    batch = await self.router.events.remote(job_id, after, EVENTS_WAIT_S)
+                except Exception as exc:
+                    inner = unwrap(exc)
+                    if isinstance(inner, JobNotFound):
+                        await websocket.close(code=4404, reason=inner.message[:120])
+                        return
+                    raise
+                for event in batch.events:
+                    after = event.id
+                    await websocket.send_json(event.as_dict())
+                if batch.done:
+                    await websocket.close(code=1000)
+                    return
+        except WebSocketDisconnect:
+            return
+
+    @router.get("/jobs/{job_id}/webhooks", response_model=WebhookDeliveries, responses=ERROR_RESPONSES)
+    async def webhook_deliveries(self, job_id: str) -> WebhookDeliveries:
+        """The job's webhook and every message sent for it, each with its delivery attempts."""
+        view = await self.router.status.remote(job_id)
+        return self.jobs.webhook_deliveries(view, await self.router.webhook_deliveries.remote(job_id))
+
+    @router.get("/jobs/lookup", response_model=JobStatusResponse, responses=ERROR_RESPONSES)
+    async def lookup(self, prompt: str = Query(min_length=1, description="Exact prompt text.")) -> JobStatusResponse:
+        """The newest job submitted with exactly this prompt."""
+        return self.jobs.status(await self.router.lookup.remote(prompt))
+
+    @router.delete("/jobs", response_model=DeleteJobsResult, responses=ERROR_RESPONSES)
+    async def delete_jobs(
+        self,
+        ids: str | None = Query(default=None, description="Comma-separated job ids."),
+        status: JobStatus | None = Query(default=None, description="Every job in this status."),
+        all: bool = Query(default=False, description="Every job."),
+        delete_files: bool = Query(default=False, description="Also delete the jobs' result files."),
+    ) -> DeleteJobsResult:
+        """Cancel the selected queued and running jobs, then remove the selected jobs."""
+        if not (ids or status or all):
+            raise ValidationFailed(
+                "say which jobs: ids=a,b or status=queued|running|success|error|canceled or all=true"
+            )
+        result = await self.router.delete_jobs.remote(_split(ids) or None, status, all, delete_files)
+        return DeleteJobsResult(**result)
+
+    @router.get("/videos", response_model=list[VideoInfo])
+    async def videos(self) -> list[VideoInfo]:
+        """Every result video still on disk, oldest first."""
+        return [self.jobs.video(v) for v in await self.router.videos.remote()]
+
+    @router.delete("/videos", response_model=DeleteVideosResult, responses=ERROR_RESPONSES)
+    async def delete_videos(
+        self,
+        filenames: str | None = Query(default=None, description="Comma-separated file names."),
+        ids: str | None = Query(default=None, description="Comma-separated job ids."),
+        all: bool = Query(default=False, description="Every video."),
+    ) -> DeleteVideosResult:
+        """Delete result files; their jobs stay, with file_url null."""
+        if not (filenames or ids or all):
+            raise ValidationFailed("say which videos: filenames=a.mp4,b.mp4 or ids=a,b or all=true")
+        result = await self.router.delete_videos.remote(_split(filenames) or None, _split(ids) or None, all)
+        return DeleteVideosResult(**result)
+
+    @router.get("/files/{filename}", response_class=FileResponse, responses=ERROR_RESPONSES)
+    async def files(self, filename: str) -> FileResponse:
+        """Download a result file this service wrote (nothing else is served): MP4, WebM or zip."""
+        fmt = OUTPUT_FORMATS[format_of_filename(filename) or "mp4"]
+        safe = await self.router.check_file.remote(sanitize_filename(filename, fmt.extension))
+        return FileResponse(self.layout.outputs / safe, media_type=fmt.media_type, filename=safe)

@@ -1,0 +1,324 @@
+"""Serving logic of the /generate API: requests into job specs, submission with the job's
+inputs, and job views into responses.
+
+Routes (routes.py) stay thin; the router deployment owns the state. Responses are built here
+from the job domain's ``JobView``, never from stored records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import AdapterNotDeployed, ValidationFailed, VariantNotDeployed
+from jobs.filenames import sanitize_filename
+from jobs.inputs import PreparedInputs, remove_inputs
+from jobs.model import (
+    DEFAULT_WEBHOOK_EVENTS,
+    OUTPUT_FORMATS,
+    GenerationParams,
+    JobSpec,
+    JobView,
+    LoraRef,
+    WebhookSpec,
+)
+from model_store.adapters import AdapterNotFound, adapter_for, list_adapters
+from model_store.settings import StoreSettings
+from model_store.variants import Size, VariantConfig
+from serve_app.generate.protocol import (
+    GenerateAccepted,
+    GenerateRequest,
+    JobStatusResponse,
+    VideoInfo,
+    WebhookDeliveries,
+    WebhookMessageInfo,
+)
+from serve_app.media_inputs import Upload, prepare_media
+from webhooks.guard import Resolver, check_webhook_url, system_resolve
+from webhooks.model import WebhookMessage
+
+#: Longest Idempotency-Key taken, characters (Stripe's limit, which clients are written for).
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency(
+    path: str, key: str | None, req: GenerateRequest, uploads: list[Upload] | None
+) -> tuple[str, str] | None:
+    """(key, sha256 of the route, the request's fields and files) when the request has an Idempotency-Key.
+
+    Raises:
+        ValidationFailed: an empty key, or one longer than 255 characters.
+    """
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValidationFailed(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", field="Idempotency-Key"
+        )
+    digest = hashlib.sha256(path.encode() + b"\0" + req.model_dump_json().encode())
+    for upload in uploads or []:
+        digest.update(b"\0" + upload.field.encode() + b"\0" + hashlib.sha256(upload.data).digest())
+    return key, digest.hexdigest()
+
+
+class JobService:
+    """Validates requests against the deployed variants, builds and submits jobs, and turns job
+    views into responses.
+
+    Args:
+        router: the router deployment's handle (or any object with its methods' ``.remote``).
+        variants: the deployed variants by name; ``default_variant`` for requests naming none.
+        inputs_root: where this ingress saves a job's decoded uploads (the data layout's ``inputs``).
+        webhook_allow_networks: networks the SSRF guard admits; ``resolve`` its resolver.
+        store: the model store (LoRA adapters).
+    """
+
+    def __init__(
+        self,
+        router: Any,
+        variants: dict[str, VariantConfig],
+        default_variant: str,
+        inputs_root: Path,
+        webhook_allow_networks: list[str] | None = None,
+        resolve: Resolver = system_resolve,
+        store: StoreSettings | None = None,
+    ) -> None:
+        self.router = router
+        self.inputs_root = Path(inputs_root)
+        self.store = store or StoreSettings()
+        self.variants = variants
+        self.default_variant = default_variant
+        self.webhook_allow_networks = list(webhook_allow_networks or [])
+        self.resolve = resolve
+
+    def webhook_spec(self, url: str | None, events: list[str] | None) -> WebhookSpec | None:
+        """The checked webhook of a request, or None without ``url``. Resolves the host (blocking).
+
+        Raises:
+            WebhookRefused: the URL fails the SSRF guard (see deployments/webhook_guard.py).
+            ValidationFailed: events without a URL, or an empty event list.
+        """
+        if url is None:
+            if events:
+                raise ValidationFailed("webhook_events needs a webhook_url to send them to", field="webhook_events")
+            return None
+        if events is not None and not events:
+            raise ValidationFailed(
+                "webhook_events is empty; leave it out for the terminal events", field="webhook_events"
+            )
+        check_webhook_url(url, self.webhook_allow_networks, self.resolve)
+        return WebhookSpec(url=url, events=list(dict.fromkeys(events)) if events else list(DEFAULT_WEBHOOK_EVENTS))
+
+    def variant_for(self, name: str | None) -> VariantConfig:
+        """The deployed variant ``name`` (default when None). Raises VariantNotDeployed."""
+        name = name or self.default_variant
+        if name not in self.variants:
+            raise VariantNotDeployed(
+                f"variant {name!r} is not deployed here; deployed: {', '.join(sorted(self.variants))}",
+                deployed=sorted(self.variants),
+            )
+        return self.variants[name]
+
+    def build_spec(
+        self, req: GenerateRequest, uploads: list[Upload] | None = None
+    ) -> tuple[JobSpec, PreparedInputs | None]:
+        """Resolve defaults, check limits, and decode and fit the uploads, before anything is queued.
+
+        CPU-bound for media uploads (decoding, resizing): call it in a worker thread.
+        Returns the job spec (without ``inputs``: the caller saves the prepared inputs and sets
+        it) and the prepared inputs, or None for a text-only job.
+
+        Raises:
+            VariantNotDeployed: unknown variant.
+            ValidationFailed: size, frames, steps or output format outside what the variant allows;
+                a bad filename; a missing or unexpected upload (and its subclasses for bad media).
+            WebhookRefused: a webhook_url the SSRF guard refuses.
+            AdapterNotDeployed: a LoRA adapter the model store lacks for this variant.
+        """
+        variant = self.variant_for(req.variant)
+        webhook = self.webhook_spec(req.webhook_url, req.webhook_events)
+        loras = self.check_loras(variant, req.loras or [])
+        d, limits = variant.defaults, variant.limits
+        if req.output_format != "mp4" and variant.task != "vace":
+            raise ValidationFailed(
+                f"output_format {req.output_format} carries an inpainting mask as alpha; it is for vace variants, "
+                f"and {variant.name} is {variant.task}: use mp4",
+                field="output_format",
+            )
+        if req.num_frames is not None:
+            self._check_frames(variant, req.num_frames)
+        steps = req.num_inference_steps if req.num_inference_steps is not None else d.num_inference_steps
+        if steps > limits.max_inference_steps:
+            raise ValidationFailed(
+                f"num_inference_steps must be at most {limits.max_inference_steps} for {variant.name}; got {steps}",
+                field="num_inference_steps",
+            )
+        if req.guidance_scale_2 is not None and variant.boundary_ratio is None:
+            raise ValidationFailed(
+                f"guidance_scale_2 sets the low-noise expert's guidance; {variant.name} has one expert: "
+                "use guidance_scale",
+                field="guidance_scale_2",
+            )
+        image_variants = sorted(n for n, v in self.variants.items() if v.takes_image)
+        media = prepare_media(
+            variant,
+            size=req.size,
+            num_frames=req.num_frames,
+            fit=req.fit,
+            uploads=uploads or [],
+            image_variants=image_variants,
+        )
+        self._check_frames(variant, media.num_frames)
+        native = variant.native_sizes[media.size]
+        guidance = req.guidance_scale if req.guidance_scale is not None else d.guidance_scale
+        params = GenerationParams(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt if req.negative_prompt is not None else d.negative_prompt,
+            width=native.width,
+            height=native.height,
+            num_frames=media.num_frames,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            guidance_scale_2=(req.guidance_scale_2 if req.guidance_scale_2 is not None else d.guidance_scale_2)
+            if variant.boundary_ratio is not None
+            else None,
+            seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
+            loras=loras,
+        )
+        extension = OUTPUT_FORMATS[req.output_format].extension
+        spec = JobSpec(
+            id=uuid.uuid4().hex,
+            variant=variant.name,
+            params=params,
+            output_size=Size.parse(media.size),
+            filename=sanitize_filename(req.filename, extension) if req.filename is not None else None,
+            output_format=req.output_format,
+            preserve_unmasked=req.preserve_unmasked,
+            webhook=webhook,
+        )
+        return spec, media.inputs
+
+    def check_loras(self, variant: VariantConfig, loras: list[LoraRef]) -> list[LoraRef]:
+        """The request's adapters, each present in the model store for ``variant`` (adapter.yaml's base).
+
+        Raises:
+            AdapterNotDeployed: unknown, or for another variant; the message lists the ones there are.
+            ValidationFailed: the same adapter named twice.
+        """
+        names = [lora.name for lora in loras]
+        if len(set(names)) != len(names):
+            raise ValidationFailed(
+                "loras names an adapter twice; give each adapter once, with one scale", field="loras"
+            )
+        for lora in loras:
+            try:
+                adapter_for(lora.name, variant, self.store)
+            except AdapterNotFound as exc:
+                there = sorted(a.name for a in list_adapters(self.store) if a.base == variant.name)
+                raise AdapterNotDeployed(
+                    f"{exc}; adapters for {variant.name}: {', '.join(there) or 'none'}", field="loras", adapters=there
+                ) from None
+        return loras
+
+    @staticmethod
+    def _check_frames(variant: VariantConfig, num_frames: int) -> None:
+        limits = variant.limits
+        if not variant.frames_ok(num_frames) or num_frames > limits.max_num_frames:
+            nearest = min(variant.round_frames(num_frames), limits.max_num_frames)
+            raise ValidationFailed(
+                f"num_frames must be {variant.frame_rule} and at most {limits.max_num_frames} for {variant.name}; "
+                f"got {num_frames}, try {nearest}",
+                field="num_frames",
+            )
+
+    async def submit(
+        self,
+        req: GenerateRequest | None,
+        uploads: list[Upload] | None,
+        spec: JobSpec | None = None,
+        idempotent: tuple[str, str] | None = None,
+    ) -> JobView:
+        """Build (unless given), store the inputs of, and submit one job; returns the router's view.
+
+        ``idempotent`` is (key, request hash): a key seen before returns its job, built once. Inputs
+        are removed again when the router refuses the job or a concurrent twin won its key.
+
+        Raises:
+            ServiceError: what ``build_spec`` or the router's submit raise.
+        """
+        key, request_hash = idempotent or (None, None)
+        if key is not None:
+            earlier = await self.router.find_idempotent.remote(key, request_hash)
+            if earlier is not None:
+                return earlier
+        if spec is None:
+            assert req is not None
+            spec, prepared = await asyncio.to_thread(self.build_spec, req, uploads)
+            if prepared is not None:
+                spec.inputs = await asyncio.to_thread(prepared.save, self.inputs_root / spec.id)
+        try:
+            view = await self.router.submit.remote(spec, key, request_hash)
+        except BaseException:
+            # Refused (queue full, filename taken): the job does not exist, so neither do its inputs.
+            await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
+            raise
+        if view.id != spec.id:  # a concurrent twin with the same key won
+            await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
+        return view
+
+    @staticmethod
+    def accepted(view: JobView) -> GenerateAccepted:
+        return GenerateAccepted(id=view.id, queue_position=view.queue_position, eta_seconds=view.eta_seconds)
+
+    @staticmethod
+    def status(view: JobView) -> JobStatusResponse:
+        return JobStatusResponse(
+            id=view.id,
+            status=view.status,
+            variant=view.variant,
+            prompt=view.prompt,
+            progress=view.progress,
+            phase=view.phase.value if view.phase else None,
+            step=view.step,
+            total_steps=view.total_steps,
+            queue_position=view.queue_position,
+            eta_seconds=view.eta_seconds,
+            gpu_id=view.gpu_id,
+            attempts=view.attempts,
+            seed=view.params.seed,
+            filename=view.filename,
+            file_url=view.file_url,
+            error=view.error.model_dump() if view.error else None,
+            webhook=view.webhook,
+            created_at=view.created_at,
+            output_format=view.output_format,
+            size=str(view.output_size),
+            num_frames=view.params.num_frames,
+            inputs=view.inputs,
+            timings={k: view.result[k] for k in ("pipeline_seconds", "encode_seconds")} if view.result else None,
+            started_at=view.started_at,
+            finished_at=view.finished_at,
+        )
+
+    @staticmethod
+    def video(view: JobView) -> VideoInfo:
+        assert view.filename is not None and view.file_url is not None
+        return VideoInfo(
+            filename=view.filename,
+            file_url=view.file_url,
+            job_id=view.id,
+            size_bytes=(view.result or {}).get("size_bytes", 0),
+            created_at=view.finished_at or view.created_at,
+        )
+
+    @staticmethod
+    def webhook_deliveries(view: JobView, messages: list[WebhookMessage]) -> WebhookDeliveries:
+        return WebhookDeliveries(
+            job_id=view.id,
+            webhook=view.webhook,
+            messages=[WebhookMessageInfo.model_validate(m.model_dump(mode="json")) for m in messages],
+        )
