@@ -22,6 +22,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -113,7 +114,7 @@ class FaultSwitch:
         time.sleep(fault.hang_s)
 
 
-def write_faults(path: Path, faults: list[Fault | dict]) -> None:
+def write_faults(path: Path, faults: Sequence[Fault | dict]) -> None:
     """Replace the fault file atomically with ``faults``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ class GenerationRunner:
         # LoRA adapters live in the shared transformer modules, so image_pipe sees them too.
         self.adapters = AdapterRegistry(pipe)
 
-    def _pipeline_and_inputs(self, params: GenerationParams, inputs: PreparedInputs | None) -> tuple[object, dict]:
+    def _pipeline_and_inputs(self, params: GenerationParams, inputs: PreparedInputs | None) -> tuple[Any, dict]:
         """The pipeline to call and its media arguments; the ingress has already validated the inputs."""
         task, inputs = self.variant.task, inputs or PreparedInputs()
         kwargs: dict = {}

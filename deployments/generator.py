@@ -99,7 +99,7 @@ class Generator:
         # LoRA adapter sets as Ray Serve multiplexed models: an LRU of deployment.max_loaded_adapters per
         # replica, and the router's handle routes a job to a replica that has its set. Wrapped here, not
         # with the decorator on the class, so the LRU size comes from the variant's config.
-        self._adapter_set = serve.multiplexed(max_num_models_per_replica=variant.deployment.max_loaded_adapters)(
+        self._load_adapters = serve.multiplexed(max_num_models_per_replica=variant.deployment.max_loaded_adapters)(
             type(self)._adapter_set
         )
         # One pipeline, one job: also held while a canceled job's thread finishes its step.
@@ -219,7 +219,7 @@ class Generator:
         on_progress(Phase.encoding_video, params.num_inference_steps, params.num_inference_steps, None)
         alpha = None
         if inputs is not None and inputs.mask is not None:
-            if spec.preserve_unmasked:
+            if spec.preserve_unmasked and inputs.video is not None:
                 frames = paste_back(frames, inputs.video, inputs.mask)
             alpha = mask_to_alpha(inputs.mask)
         out = spec.output_size
@@ -307,7 +307,7 @@ class Generator:
                 return
             set_id = adapter_set_id([lora.name for lora in spec.params.loras])
             # Held for the job: the LRU only evicts while loading another set, which waits for _busy.
-            adapters = await self._adapter_set(self, set_id) if set_id else None  # noqa: F841
+            adapters = await self._load_adapters(self, set_id) if set_id else None  # noqa: F841
             future = loop.run_in_executor(None, work)
             try:
                 while True:

@@ -66,7 +66,8 @@ class _Call:
 class Router:
     """One replica. Jobs are dispatched in FIFO order per variant, one per free generator replica."""
 
-    async def __init__(self, config: RouterConfig, generators: dict[str, DeploymentHandle]) -> None:
+    # Ray Serve awaits an async constructor; mypy knows only the synchronous kind.
+    async def __init__(self, config: RouterConfig, generators: dict[str, DeploymentHandle]) -> None:  # type: ignore[misc]
         self.config = config
         self.generators = generators
         layout = config.layout

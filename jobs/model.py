@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,7 +40,8 @@ RESULT_EXTENSIONS: tuple[str, ...] = tuple(f.extension for f in OUTPUT_FORMATS.v
 def format_of_filename(filename: str) -> OutputFormat | None:
     """The output format whose extension ``filename`` ends with (case-insensitive), or None."""
     lower = filename.lower()
-    return next((name for name, f in OUTPUT_FORMATS.items() if lower.endswith(f.extension)), None)  # type: ignore[return-value]
+    name = next((name for name, f in OUTPUT_FORMATS.items() if lower.endswith(f.extension)), None)
+    return cast(OutputFormat, name) if name is not None else None
 
 
 class JobStatus(str, Enum):

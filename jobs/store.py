@@ -133,13 +133,17 @@ class SqliteJobStore:
     def close(self) -> None:
         self.db.close()
 
-    def _row(self, row: sqlite3.Row | None) -> JobRecord | None:
-        if row is None:
-            return None
+    def _rows(self, rows: Iterable[sqlite3.Row]) -> list[JobRecord]:
+        return [self._record(r) for r in rows]
+
+    def _record(self, row: sqlite3.Row) -> JobRecord:
         data = dict(row)
         data["spec"] = JobSpec.model_validate_json(data["spec"])
         data["result"] = json.loads(data["result"]) if data["result"] else None
         return JobRecord.model_validate(data)
+
+    def _row(self, row: sqlite3.Row | None) -> JobRecord | None:
+        return self._record(row) if row is not None else None
 
     def insert(self, spec: JobSpec, idempotency_key: str | None = None, request_hash: str | None = None) -> JobRecord:
         """Add a queued job. Returns its record (with its FIFO ``seq``).
@@ -179,7 +183,7 @@ class SqliteJobStore:
                 "SELECT * FROM jobs WHERE status IN (?, ?, ?) AND finished_at < ? ORDER BY seq",
                 (JobStatus.success.value, JobStatus.error.value, JobStatus.canceled.value, cutoff),
             ).fetchall()
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -208,19 +212,19 @@ class SqliteJobStore:
         marks = ",".join("?" * len(values))
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", values).fetchall()
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     def by_ids(self, ids: Iterable[str]) -> list[JobRecord]:
         ids = list(ids)
         marks = ",".join("?" * len(ids))
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY seq", ids).fetchall()
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     def all(self) -> list[JobRecord]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobRecord], bool]:
         """Up to ``limit`` jobs in submission order (newest first when ``descending``), starting
@@ -238,7 +242,7 @@ class SqliteJobStore:
             rows = self._db.execute(
                 f"SELECT * FROM jobs {where} ORDER BY seq {order} LIMIT ?", [*args, limit + 1]
             ).fetchall()
-        return [self._row(r) for r in rows[:limit]], len(rows) > limit
+        return self._rows(rows[:limit]), len(rows) > limit
 
     def newest_with_prompt(self, prompt: str) -> JobRecord | None:
         with self._lock:
@@ -264,7 +268,7 @@ class SqliteJobStore:
                 "SELECT * FROM jobs WHERE status = ? AND file_deleted = 0 AND filename IS NOT NULL ORDER BY seq",
                 (JobStatus.success.value,),
             ).fetchall()
-        return [self._row(r) for r in rows]
+        return self._rows(rows)
 
     def delete(self, ids: Iterable[str]) -> None:
         """Remove jobs (what refers to them, like webhook records, is removed by its own store)."""

@@ -176,10 +176,11 @@ def decode_video(data: bytes, *, field: str, fps: float, max_frames: int, max_si
                 field=field,
             )
         source_fps = float(stream.average_rate or stream.guessed_rate or 0) or fps
+        declared: float | None
         if stream.duration is not None and stream.time_base is not None:
             declared = float(stream.duration * stream.time_base)
         else:
-            declared = container.duration / av.time_base if container.duration else None
+            declared = float(container.duration / av.time_base) if container.duration else None
         frames: list[np.ndarray] = []
         prev = prev_rgb = None
         t0 = last_rel = None
@@ -201,7 +202,7 @@ def decode_video(data: bytes, *, field: str, fps: float, max_frames: int, max_si
                 f"{field} could not be decoded after {len(frames)} frames: the file is truncated or corrupt",
                 field=field,
             ) from None
-        if prev is not None and len(frames) < max_frames:
+        if prev is not None and last_rel is not None and len(frames) < max_frames:
             # The last decoded frame stays on screen for one source frame duration.
             end = last_rel + 1.0 / source_fps
             if declared is not None and end < declared - _TRUNCATION_SLACK_S:

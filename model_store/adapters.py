@@ -165,7 +165,7 @@ def build_random_lora(
             cls.save_lora_weights(folder / expert, transformer_lora_layers=state, safe_serialization=True)
     else:
         cls.save_lora_weights(folder, transformer_lora_layers=layers[experts[0]], safe_serialization=True)
-    meta = {"base": base, "description": f"random-weight LoRA, rank {rank}, seed {seed}"}
+    meta: dict[str, object] = {"base": base, "description": f"random-weight LoRA, rank {rank}, seed {seed}"}
     if not split:
         meta["experts"] = list(experts)
     (folder / "adapter.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))

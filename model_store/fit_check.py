@@ -314,10 +314,10 @@ def plan_fit(
     layout = weights if isinstance(weights, WeightsLayout) else read_layout(weights)
     memory = memory or variant.memory
     compute, vae_b = _BYTES[variant.torch_dtype], _BYTES[variant.vae_dtype]
-    weights: dict[str, ComponentWeights] = {}
+    priced: dict[str, ComponentWeights] = {}
     for name, tensors in layout.tensors.items():
         fmt = {"vae": "none", "text_encoder": memory.text_encoder_format}.get(name, memory.quantization)
-        weights[name] = price(tensors, fmt, vae_b if name == "vae" else compute)
+        priced[name] = price(tensors, fmt, vae_b if name == "vae" else compute)
     t, v = layout.transformer_config, layout.vae_config
     mult = v.get("dim_mult") or [1]
     patchify = v.get("patch_size") or 1
@@ -327,8 +327,8 @@ def plan_fit(
         device=device,
         budget_bytes=budget_bytes,
         margin_bytes=int(memory.margin_gib * GIB),
-        weights_bytes={k: w.total for k, w in weights.items()},
-        resident_bytes=_resident(memory, weights, compute),
+        weights_bytes={k: w.total for k, w in priced.items()},
+        resident_bytes=_resident(memory, priced, compute),
         hidden=t["num_attention_heads"] * t["attention_head_dim"],
         ffn=t["ffn_dim"],
         act_bytes=compute,

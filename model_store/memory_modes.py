@@ -56,7 +56,7 @@ def probe_device(device: torch.device) -> DeviceInfo:
         free, total = torch.cuda.mem_get_info(device)
         index = device.index if device.index is not None else torch.cuda.current_device()
         return DeviceInfo(
-            "cuda", torch.cuda.get_device_name(index), total, free, tuple(torch.cuda.get_device_capability(index))
+            "cuda", torch.cuda.get_device_name(index), total, free, torch.cuda.get_device_capability(index)
         )
     import psutil
 

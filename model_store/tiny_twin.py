@@ -19,6 +19,7 @@ import string
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -300,7 +301,7 @@ def build_vace_14b_tiny(seed: int = 0):
 
 
 #: Tiny-twin variant name -> builder of its in-memory pipeline.
-TINY_BUILDERS: dict[str, Callable[[int], object]] = {
+TINY_BUILDERS: dict[str, Callable[[int], Any]] = {
     "t2v-a14b-tiny": build_t2v_a14b_tiny,
     "i2v-a14b-tiny": build_i2v_a14b_tiny,
     "ti2v-5b-tiny": build_ti2v_5b_tiny,

@@ -6,8 +6,9 @@ Graph: Ingress -> Router -> one Generator deployment per variant.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
 from deployments.generator import Generator
@@ -21,6 +22,8 @@ from model_store.variants import load_variant
 from serve_app.ingress import Ingress
 from serve_app.settings import ServiceSettings
 from webhooks.sender import WebhookConfig, check_secret, load_or_create_secret
+
+PolicyT = TypeVar("PolicyT", bound=BaseModel)
 
 
 class AppArgs(QueuePolicy, RetentionPolicy):
@@ -68,7 +71,7 @@ class AppArgs(QueuePolicy, RetentionPolicy):
         return self
 
 
-def _policy(model: type, args: AppArgs, **changes):
+def _policy(model: type[PolicyT], args: AppArgs, **changes: Any) -> PolicyT:
     """The ``model`` part of ``args`` (its fields, same names), with ``changes``."""
     return model(**{**args.model_dump(include=set(model.model_fields)), **changes})
 
@@ -93,10 +96,11 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     unknown = sorted(set(args.overrides) - set(args.variants))
     if unknown:
         raise ValueError(f"overrides name variants that are not deployed: {unknown}")
-    store = StoreSettings(**({"model_dir": args.model_dir.resolve()} if args.model_dir else {}))
+    store = StoreSettings(model_dir=args.model_dir.resolve()) if args.model_dir else StoreSettings()
     configs = {name: load_variant(name, store, overrides=args.overrides.get(name)) for name in args.variants}
     generators = {
-        name: Generator.options(
+        # serve.deployment adds .options and .bind, which mypy cannot see on a decorated class.
+        name: Generator.options(  # type: ignore[attr-defined]
             name=generator_deployment_name(name),
             num_replicas=cfg.deployment.num_replicas,
             ray_actor_options={"num_gpus": cfg.deployment.num_gpus, "num_cpus": cfg.deployment.num_cpus},
@@ -122,11 +126,11 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         circuit_breaker=args.circuit_breaker,
         slots={name: cfg.deployment.num_replicas for name, cfg in configs.items()},
     )
-    router = Router.bind(
+    router = Router.bind(  # type: ignore[attr-defined]
         config=RouterConfig(layout=layout, engine=engine, webhooks=args.webhooks, webhook_secret=secret),
         generators=generators,
     )
-    return Ingress.bind(
+    return Ingress.bind(  # type: ignore[attr-defined]
         router=router,
         variants=configs,
         default_variant=args.default_variant or args.variants[0],

@@ -129,7 +129,8 @@ def verify_model(name: str = typer.Argument(..., help="Variant or adapter name."
         typer.echo(f"BAD {problem}")
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"{name}: {len(read_manifest(folder).files)} files match their sha256")
+    manifest = read_manifest(folder)
+    typer.echo(f"{name}: {len(manifest.files) if manifest else 0} files match their sha256")
 
 
 @models.command("rm")

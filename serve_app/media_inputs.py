@@ -8,6 +8,7 @@ takes which uploads is ``TASK_UPLOADS`` (model_store/variants.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -204,7 +205,8 @@ def prepare_media(
         chosen = _check_size(variant, size or next(iter(variant.native_sizes)))
         return PreparedMedia(size=chosen, num_frames=default_frames, inputs=None)
 
-    prepared, summary = PreparedInputs(), {}
+    prepared = PreparedInputs()
+    summary: dict[str, Any] = {}
     if variant.task in ("i2v", "ti2v"):
         images = {}
         for name in ("image", "last_image"):

@@ -63,7 +63,7 @@ def system_resolve(host: str, port: int) -> list[str]:
         OSError (socket.gaierror): the name does not resolve.
     """
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def address_kind(ip: IPAddress) -> str | None:

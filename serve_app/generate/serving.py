@@ -24,6 +24,7 @@ from jobs.model import (
     JobSpec,
     JobView,
     LoraRef,
+    WebhookEvent,
     WebhookSpec,
 )
 from model_store.adapters import AdapterNotFound, adapter_for, list_adapters
@@ -95,7 +96,7 @@ class JobService:
         self.webhook_allow_networks = list(webhook_allow_networks or [])
         self.resolve = resolve
 
-    def webhook_spec(self, url: str | None, events: list[str] | None) -> WebhookSpec | None:
+    def webhook_spec(self, url: str | None, events: list[WebhookEvent] | None) -> WebhookSpec | None:
         """The checked webhook of a request, or None without ``url``. Resolves the host (blocking).
 
         Raises:
@@ -257,9 +258,10 @@ class JobService:
                 return earlier
         if spec is None:
             assert req is not None
-            spec, prepared = await asyncio.to_thread(self.build_spec, req, uploads)
+            built, prepared = await asyncio.to_thread(self.build_spec, req, uploads)
             if prepared is not None:
-                spec.inputs = await asyncio.to_thread(prepared.save, self.inputs_root / spec.id)
+                built.inputs = await asyncio.to_thread(prepared.save, self.inputs_root / built.id)
+            spec = built
         try:
             view = await self.router.submit.remote(spec, key, request_hash)
         except BaseException:
