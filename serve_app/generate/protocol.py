@@ -11,6 +11,7 @@ from jobs.model import DEFAULT_WEBHOOK_EVENTS, JobStatus, LoraRef, OutputFormat,
 from media.fit import Fit
 from model_store.variants import ApiSize, upload_roles
 from webhooks.guard import MAX_URL_LENGTH
+from webhooks.model import WebhookMessage
 
 
 def _comma_list(value):
@@ -175,36 +176,12 @@ class JobStatusResponse(BaseModel):
     finished_at: float | None
 
 
-class WebhookAttemptInfo(BaseModel):
-    """One try at delivering a webhook message. Times are Unix seconds."""
-
-    attempt: int = Field(description="1 for the first try.")
-    attempted_at: float
-    address: str | None = Field(default=None, description="IP address connected to (after the SSRF check).")
-    status_code: int | None = Field(default=None, description="The receiver's HTTP status, if it answered.")
-    error: str | None = Field(default=None, description="Why this try did not deliver, if it did not.")
-    duration_s: float | None = Field(default=None, description="Seconds from connect to the receiver's answer.")
-    next_attempt_at: float | None = Field(default=None, description="When the retry is due; null when none follows.")
-
-
-class WebhookMessageInfo(BaseModel):
-    """One webhook event of a job, with every delivery attempt."""
-
-    id: str = Field(description="The webhook-id header: the same on every attempt, so receivers can deduplicate.")
-    job_id: str
-    event_type: str
-    payload: str = Field(description="The JSON body exactly as signed.")
-    state: str = Field(description="pending (being delivered or retried), delivered, or failed (gave up).")
-    created_at: float
-    attempts: list[WebhookAttemptInfo] = Field(default_factory=list)
-
-
 class WebhookDeliveries(BaseModel):
     """GET /jobs/{id}/webhooks: the job's webhook and every message sent for it."""
 
     job_id: str
     webhook: WebhookSpec | None = Field(description="The job's webhook_url and events; null when it has none.")
-    messages: list[WebhookMessageInfo] = Field(
+    messages: list[WebhookMessage] = Field(
         description="Oldest first; each with its delivery attempts (status code or error, and when the retry is due)."
     )
 

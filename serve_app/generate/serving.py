@@ -36,7 +36,6 @@ from serve_app.generate.protocol import (
     JobStatusResponse,
     VideoInfo,
     WebhookDeliveries,
-    WebhookMessageInfo,
 )
 from serve_app.media_inputs import Upload, prepare_media
 from webhooks.guard import Resolver, check_webhook_url, system_resolve
@@ -319,8 +318,4 @@ class JobService:
 
     @staticmethod
     def webhook_deliveries(view: JobView, messages: list[WebhookMessage]) -> WebhookDeliveries:
-        return WebhookDeliveries(
-            job_id=view.id,
-            webhook=view.webhook,
-            messages=[WebhookMessageInfo.model_validate(m.model_dump(mode="json")) for m in messages],
-        )
+        return WebhookDeliveries(job_id=view.id, webhook=view.webhook, messages=messages)
