@@ -30,6 +30,16 @@ def write_fit_plan(plan: FitPlan, fit_dir: Path) -> Path:
 class FitPlanCache:
     """Reads plans from their files, again only when a file changed (its mtime)."""
 
+    def check(self, fit_dir: Path, spec: JobSpec) -> None:
+        """Refuse ``spec`` when its variant's plan in ``fit_dir`` says it would not fit (no plan yet: no check).
+
+        Raises:
+            RequestTooLarge: see ``check_request_fits``.
+        """
+        plan = self.get(fit_dir / f"{spec.variant}.json")
+        if plan is not None:
+            check_request_fits(plan, spec)
+
     def __init__(self) -> None:
         self._cache: dict[Path, tuple[int, FitPlan]] = {}
 

@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 
 from pydantic import BaseModel, Field
 from ray import serve
+
+from jobs.errors import ModelUnavailable
+
+logger = logging.getLogger("ray.serve")
 
 #: Absolute paths in an error message (a file the loader could not find, a traceback's frames);
 #: replaced before the message reaches an HTTP answer.
@@ -32,6 +38,14 @@ class GeneratorStatus(BaseModel):
         description="Why it is not ready: the last line of Ray Serve's message "
         "(the constructor's error), with server paths removed.",
     )
+
+    def refusal(self, variant: str, retry_after_s: float) -> ModelUnavailable:
+        """The error a job for ``variant`` gets while this generator cannot start (``when_unavailable: refuse``)."""
+        return ModelUnavailable(
+            f"{variant} cannot run jobs: its generator does not start ({self.reason}); the operator "
+            "must fix it (GET /ready shows the state)",
+            retry_after_s=retry_after_s,
+        )
 
     @property
     def failed(self) -> bool:
@@ -68,3 +82,26 @@ def generator_statuses(app_name: str, variants: list[str]) -> dict[str, Generato
             ready=running > 0, running_replicas=running, deployment_status=status, reason=reason
         )
     return result
+
+
+class GeneratorWatch:
+    """Keeps ``statuses`` fresh every ``poll_s`` seconds, so the router's dispatch skips (and, per
+    ``when_unavailable``, its submit refuses) a variant whose generator cannot start.
+
+    A failed look keeps the last answer (the Serve controller may be restarting); it is logged at
+    warning with the reason and counted in ``errors``.
+    """
+
+    def __init__(self, app_name: str, variants: list[str], poll_s: float) -> None:
+        self.app_name, self.variants, self.poll_s = app_name, variants, poll_s
+        self.statuses: dict[str, GeneratorStatus] = {}
+        self.errors = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.statuses = await asyncio.to_thread(generator_statuses, self.app_name, self.variants)
+            except Exception as exc:
+                self.errors += 1
+                logger.warning("generator states unreadable (%r, %d times); kept the last", exc, self.errors)
+            await asyncio.sleep(self.poll_s)

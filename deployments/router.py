@@ -1,7 +1,6 @@
-"""The router deployment: a thin Ray Serve shell around the job engine (jobs/engine.py), the way
-Ray Serve's LLMServer wraps its engine. It owns what needs Ray: the generator calls, the watch on
-the generators' deployment states, and the loops that drive dispatch and retention. It is the
-only writer of the job store."""
+"""The router deployment: a thin Ray Serve shell around the job engine (jobs/engine.py), as Ray
+Serve's LLMServer wraps its engine. It owns what needs Ray (the generator calls, the watch on their
+deployment states) and the loops that drive dispatch and retention. It alone writes the job store."""
 
 from __future__ import annotations
 
@@ -16,12 +15,12 @@ from pydantic import BaseModel, Field, SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.fit_plans import FitPlanCache, check_request_fits
+from deployments.fit_plans import FitPlanCache
 from deployments.lora_adapters import adapter_set_id
-from deployments.replica_status import GeneratorStatus, generator_statuses
+from deployments.replica_status import GeneratorWatch
 from jobs.config import DataLayout
-from jobs.engine import EngineConfig, JobEngine, RunningJob
-from jobs.errors import ModelUnavailable, exception_chain
+from jobs.engine import EngineConfig, JobEngine
+from jobs.errors import exception_chain
 from jobs.events import EventBatch
 from jobs.files import ResultFiles
 from jobs.model import JobResult, JobSpec, JobStatus, JobView, ProgressEvent
@@ -35,8 +34,7 @@ logger = logging.getLogger("ray.serve")
 #: Seconds between two looks at the generators' deployment states.
 GENERATOR_STATUS_POLL_S = 2.0
 
-#: Longest a queued job waits for the dispatcher to look again, seconds: a pause or a cooldown
-#: that ends is noticed even if its timer fired a hair early.
+#: Longest a queued job waits for the dispatcher to look again, seconds (a timer may fire a hair early).
 DISPATCH_POLL_S = 0.5
 
 
@@ -52,14 +50,6 @@ class RouterConfig(BaseModel):
 def _replica_died(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it wraps) says the generator replica's process went away."""
     return any(isinstance(e, ray.exceptions.RayActorError) for e in exception_chain(exc))
-
-
-class _Call:
-    """The Ray side of a running job: its streaming call and the task consuming it."""
-
-    def __init__(self) -> None:
-        self.stream: Any = None
-        self.task: asyncio.Task | None = None
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
@@ -84,19 +74,17 @@ class Router:
         if resumed:
             logger.info("resending %d webhook messages a previous router had not delivered", resumed)
         self._fit_plans = FitPlanCache()
-        self._calls: dict[str, _Call] = {}
-        self._generator_status: dict[str, GeneratorStatus] = {}
-        self.watch_errors = 0
+        self._streams: dict[str, Any] = {}  # job id -> its generator call (a streaming response)
+        self._runs: dict[str, asyncio.Task] = {}  # job id -> the task consuming that stream
+        self.watch = GeneratorWatch(serve.get_replica_context().app_name, list(generators), GENERATOR_STATUS_POLL_S)
         self._wake = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(loop()) for loop in (self._dispatch_loop, self._purge_loop, self._watch_generators)
-        ]
+        self._tasks = [asyncio.create_task(loop()) for loop in (self._dispatch_loop, self._purge_loop, self.watch.run)]
         self._wake.set()
 
     # ---- dispatch -----------------------------------------------------------------------------
 
     def _variant_ready(self, variant: str) -> bool:
-        status = self._generator_status.get(variant)
+        status = self.watch.statuses.get(variant)
         return status is None or not status.failed  # a failing variant's jobs wait until a replica runs
 
     def _wake_in(self, seconds: float | None) -> None:
@@ -109,19 +97,17 @@ class Router:
                 await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S if len(self.engine.queue) else None)
             self._wake.clear()
             for spec in self.engine.dispatchable(self._variant_ready):
-                call = self._calls[spec.id] = _Call()
-                call.task = asyncio.create_task(self._run(spec, call))
+                self._runs[spec.id] = asyncio.create_task(self._run(spec))
 
-    async def _run(self, spec: JobSpec, call: _Call) -> None:
+    async def _run(self, spec: JobSpec) -> None:
         run = self.engine.running[spec.id]
         self.engine.start(spec.id)
         try:
             # A job with LoRA adapters goes to a replica that already has its set loaded (multiplexing).
             set_id = adapter_set_id([lora.name for lora in spec.params.loras])
-            call.stream = (
-                self.generators[spec.variant].options(stream=True, multiplexed_model_id=set_id).generate.remote(spec)
-            )
-            async for item in call.stream:
+            handle = self.generators[spec.variant].options(stream=True, multiplexed_model_id=set_id)
+            stream = self._streams[spec.id] = handle.generate.remote(spec)
+            async for item in stream:
                 if run.canceled:
                     break
                 if isinstance(item, ProgressEvent):
@@ -135,30 +121,20 @@ class Router:
             if not run.canceled:
                 self._wake_in(self.engine.failed(spec.id, exc, _replica_died(exc)))
         finally:
-            self._calls.pop(spec.id, None)
+            self._streams.pop(spec.id, None)
+            self._runs.pop(spec.id, None)
             self._wake_in(self.engine.finish(spec.id))  # when the cooldown ends, the probe goes
             self._wake.set()
 
     # ---- calls from the ingress -----------------------------------------------------------------
 
     def _precheck(self, spec: JobSpec) -> None:
-        """Refuse what the variant's replicas cannot run: a request over their fit plan (written
-        at load, deployments/fit_plans.py), or any job while the generator cannot start (refuse policy).
-
-        Raises:
-            RequestTooLarge: with the largest frame count that fits at its size.
-            ModelUnavailable: ``when_unavailable: refuse`` and the generator does not start.
-        """
-        plan = self._fit_plans.get(self.config.layout.fit / f"{spec.variant}.json")
-        if plan is not None:
-            check_request_fits(plan, spec)
-        status = self._generator_status.get(spec.variant)
+        """Refuse a request over its variant's fit plan (RequestTooLarge), or any job while the
+        generator cannot start under ``when_unavailable: refuse`` (ModelUnavailable)."""
+        self._fit_plans.check(self.config.layout.fit, spec)
+        status = self.watch.statuses.get(spec.variant)
         if self.config.engine.queue.when_unavailable == "refuse" and status is not None and status.failed:
-            raise ModelUnavailable(
-                f"{spec.variant} cannot run jobs: its generator does not start ({status.reason}); the operator "
-                "must fix it (GET /ready shows the state)",
-                retry_after_s=GENERATOR_STATUS_POLL_S * 30,
-            )
+            raise status.refusal(spec.variant, retry_after_s=GENERATOR_STATUS_POLL_S * 30)
 
     async def find_idempotent(self, key: str, request_hash: str) -> JobView | None:
         """See JobEngine.find_idempotent."""
@@ -176,11 +152,9 @@ class Router:
     async def remix(self, job_id: str, prompt: str) -> JobView:
         """A new job with ``job_id``'s parameters and inputs and a new prompt (JobEngine.remix_spec, submit)."""
         spec = await asyncio.to_thread(self.engine.remix_spec, job_id, prompt)
-        try:
-            return await self.submit(spec)
-        except BaseException:
-            self.engine.discard_inputs(spec)
-            raise
+        view = self.engine.submit(spec, precheck=self._precheck, discard_on_refusal=True)
+        self._wake.set()
+        return view
 
     async def status(self, job_id: str) -> JobView:
         """The job with its queue position and ETA. Raises JobNotFound."""
@@ -204,14 +178,12 @@ class Router:
         A queued job is removed before it reaches a generator; a running one stops after
         its current denoising step. Terminal jobs are returned unchanged. Raises JobNotFound.
         """
-        run: RunningJob | None = self.engine.cancel(job_id)
-        call = self._calls.get(job_id) if run is not None else None
-        if call is not None:
-            if call.stream is not None:
-                call.stream.cancel()
-            if call.task is not None:
-                call.task.cancel()
-                await asyncio.gather(call.task, return_exceptions=True)
+        if self.engine.cancel(job_id) is not None:
+            if (stream := self._streams.get(job_id)) is not None:
+                stream.cancel()
+            if (task := self._runs.get(job_id)) is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self._wake.set()
         return self.engine.status(job_id)
 
@@ -261,23 +233,6 @@ class Router:
         return {"pid": os.getpid()}
 
     # ---- background loops -----------------------------------------------------------------------
-
-    async def _watch_generators(self) -> None:
-        """Keep ``_generator_status`` fresh, so dispatch skips (and, per ``when_unavailable``,
-        submit refuses) a variant whose generator cannot start."""
-        app_name = serve.get_replica_context().app_name
-        while True:
-            try:
-                self._generator_status = await asyncio.to_thread(generator_statuses, app_name, list(self.generators))
-            except Exception as exc:  # the controller may be restarting; keep the last answer
-                self.watch_errors += 1
-                logger.warning(
-                    "generator status unavailable (%s: %s; %d failed looks so far); keeping the last",
-                    type(exc).__name__,
-                    exc,
-                    self.watch_errors,
-                )
-            await asyncio.sleep(GENERATOR_STATUS_POLL_S)
 
     async def _purge_loop(self) -> None:
         while True:

@@ -250,6 +250,7 @@ class JobEngine:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         precheck: Callable[[JobSpec], None] | None = None,
+        discard_on_refusal: bool = False,
     ) -> JobView:
         """Store ``spec`` as a queued job. With ``idempotency_key``, a key seen before returns that
         job instead (``replayed``) and stores nothing. ``precheck(spec)`` runs after that lookup
@@ -262,7 +263,24 @@ class JobEngine:
             QueueFull: ``max_queued_jobs`` jobs are already waiting.
             FilenameTaken: another live job or file already uses ``spec.filename``.
             ServiceError: whatever ``precheck`` raises.
+
+        With ``discard_on_refusal`` (a spec whose inputs this process made, e.g. a remix), a refused
+        job's inputs are removed before the error propagates.
         """
+        try:
+            return self._submit(spec, idempotency_key, request_hash, precheck)
+        except BaseException:
+            if discard_on_refusal:
+                remove_inputs(spec.inputs, self.inputs_root)
+            raise
+
+    def _submit(
+        self,
+        spec: JobSpec,
+        idempotency_key: str | None,
+        request_hash: str | None,
+        precheck: Callable[[JobSpec], None] | None,
+    ) -> JobView:
         if spec.variant not in self.config.slots:
             raise VariantNotDeployed(f"variant {spec.variant!r} is not deployed", deployed=sorted(self.config.slots))
         if idempotency_key is not None:
@@ -319,10 +337,6 @@ class JobEngine:
         return original.model_copy(
             update={"id": new_id, "params": params, "inputs": inputs, "filename": None, "remixed_from": original.id}
         )
-
-    def discard_inputs(self, spec: JobSpec) -> None:
-        """Remove the inputs of a job that was not stored (refused, or a twin won its idempotency key)."""
-        remove_inputs(spec.inputs, self.inputs_root)
 
     # ---- dispatch -----------------------------------------------------------------------------
 
