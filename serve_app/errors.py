@@ -100,7 +100,7 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             {
                 "error": {
-                    "code": "validation_error",
+                    "code": e.ValidationFailed.code,
                     "message": "; ".join(messages),
                     "fields": [".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()],
                 }
@@ -120,6 +120,6 @@ def install(app: FastAPI) -> None:
             return error_response(inner)
         logger.exception("unhandled error")
         return JSONResponse(
-            {"error": {"code": "internal", "message": "internal error; the server log has the details"}},
+            {"error": {"code": e.ServiceError.code, "message": "internal error; the server log has the details"}},
             status_code=500,
         )
