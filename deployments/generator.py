@@ -98,10 +98,12 @@ class Generator:
             pool.shutdown(wait=False)
         # LoRA adapter sets as Ray Serve multiplexed models: an LRU of deployment.max_loaded_adapters per
         # replica, and the router's handle routes a job to a replica that has its set. Wrapped here, not
-        # with the decorator on the class, so the LRU size comes from the variant's config.
-        self._load_adapters = serve.multiplexed(max_num_models_per_replica=variant.deployment.max_loaded_adapters)(
-            type(self)._adapter_set
-        )
+        # with the decorator on the class, so the LRU size comes from the variant's config. The wrapper
+        # must replace the method under its own name: Serve finds the replica's ``self`` by looking the
+        # loader's __name__ up on it (ray.serve._private.utils.extract_self_if_method_call).
+        self._adapter_set = serve.multiplexed(  # type: ignore[method-assign]
+            max_num_models_per_replica=variant.deployment.max_loaded_adapters
+        )(type(self)._adapter_set)
         # One pipeline, one job: also held while a canceled job's thread finishes its step.
         self._busy = asyncio.Lock()
         # Results of recent jobs: a job dispatched again (its router restarted while it ran here)
@@ -307,7 +309,8 @@ class Generator:
                 return
             set_id = adapter_set_id([lora.name for lora in spec.params.loras])
             # Held for the job: the LRU only evicts while loading another set, which waits for _busy.
-            adapters = await self._load_adapters(self, set_id) if set_id else None  # noqa: F841
+            # The multiplexed wrapper takes (self, model_id) explicitly (set in __init__).
+            adapters = await self._adapter_set(self, set_id) if set_id else None  # type: ignore[call-arg,arg-type]  # noqa: F841
             future = loop.run_in_executor(None, work)
             try:
                 while True:
