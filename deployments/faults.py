@@ -19,6 +19,7 @@ import errno
 import fcntl
 import json
 import os
+import sqlite3
 import tempfile
 import threading
 import time
@@ -29,23 +30,43 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field
 
-FaultKind = Literal["oom", "crash", "cuda_error", "error", "hang", "disk_full", "slow_write"]
+FaultKind = Literal[
+    "oom",
+    "crash",
+    "cuda_error",
+    "error",
+    "hang",
+    "disk_full",
+    "slow_write",
+    "slow_result",
+    "store_error",
+    "store_crash",
+]
 
 
 #: Faults that fire when the result file is written, not at a denoising step.
-WRITE_FAULTS = ("disk_full", "slow_write")
+WRITE_FAULTS = ("disk_full", "slow_write", "slow_result")
+
+#: Faults of the router's job store (variant ``router``), around a write (jobs/store.py StoreHooks).
+STORE_FAULTS = ("store_error", "store_crash")
+
+#: The ``variant`` of the router's faults.
+ROUTER = "router"
 
 
 class Fault(BaseModel):
     """One injected failure."""
 
-    variant: str = Field(description="Variant whose generator replicas fire it.")
+    variant: str = Field(description="Variant whose generator replicas fire it, or 'router' for the store faults.")
     kind: FaultKind = Field(
         description=(
             "oom: torch.OutOfMemoryError at the step; crash: the replica process exits (os._exit) at the step; "
             "cuda_error: torch.AcceleratorError as CUDA raises it, after which the pipeline counts as unusable; "
             "error: a RuntimeError; hang: the step sleeps hang_s seconds; disk_full: OSError(ENOSPC) when the "
-            "result file is written; slow_write: writing the result file starts hang_s seconds late."
+            "result file is written; slow_write: writing the result file starts hang_s seconds late; slow_result: "
+            "the result is reported hang_s seconds after its file is complete; store_error (router): the job "
+            "store's next matching write raises sqlite3.OperationalError and does not happen; store_crash "
+            "(router): the router process exits right after the matching write commits."
         )
     )
     at_step: int = Field(
@@ -55,6 +76,11 @@ class Fault(BaseModel):
     )
     times: int = Field(default=1, ge=0, description="Firings left.")
     hang_s: float = Field(default=3600.0, ge=0, description="Seconds a hang lasts.")
+    op: str | None = Field(
+        default=None,
+        description="Store faults: the write they match (insert, update, delete, add_webhook_message, ...); None: any.",
+    )
+    status: str | None = Field(default=None, description="Store faults on an update: the job status it must set.")
 
 
 class FaultSwitch:
@@ -86,7 +112,7 @@ class FaultSwitch:
         Raises:
             torch.OutOfMemoryError, torch.AcceleratorError, RuntimeError: the injected failure.
         """
-        fault = self._take(lambda f: f.kind not in WRITE_FAULTS and f.at_step == step)
+        fault = self._take(lambda f: f.kind not in WRITE_FAULTS + STORE_FAULTS and f.at_step == step)
         if fault is None:
             return
         if fault.kind == "oom":
@@ -106,12 +132,45 @@ class FaultSwitch:
         Raises:
             OSError: errno ENOSPC.
         """
-        fault = self._take(lambda f: f.kind in WRITE_FAULTS)
+        fault = self._take(lambda f: f.kind in ("disk_full", "slow_write"))
         if fault is None:
             return
         if fault.kind == "disk_full":
             raise OSError(errno.ENOSPC, "No space left on device (injected fault)")
         time.sleep(fault.hang_s)
+
+
+def after_write_delay(switch: FaultSwitch) -> None:
+    """Fire a slow_result fault, if one is armed: sleep ``hang_s`` after the result file is complete."""
+    fault = switch._take(lambda f: f.kind == "slow_result")
+    if fault is not None:
+        time.sleep(fault.hang_s)
+
+
+class StoreFaults:
+    """The router's fault switch as the job store's hooks (jobs/store.py StoreHooks)."""
+
+    def __init__(self, switch: FaultSwitch) -> None:
+        self.switch = switch
+
+    def _take(self, kind: str, op: str, fields: dict) -> Fault | None:
+        return self.switch._take(
+            lambda f: (
+                f.kind == kind
+                and f.op in (None, op)
+                and f.status in (None, getattr(fields.get("status"), "value", fields.get("status")))
+            )
+        )
+
+    def before(self, op: str, fields: dict) -> None:
+        """Raises sqlite3.OperationalError when a store_error matches (the write does not happen)."""
+        if self._take("store_error", op, fields) is not None:
+            raise sqlite3.OperationalError("disk I/O error (injected fault)")
+
+    def after(self, op: str, fields: dict) -> None:
+        """Exits the process when a store_crash matches (the write has committed)."""
+        if self._take("store_crash", op, fields) is not None:
+            os._exit(70)
 
 
 def write_faults(path: Path, faults: Sequence[Fault | dict]) -> None:

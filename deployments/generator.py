@@ -19,12 +19,19 @@ import ray
 import torch
 from ray import serve
 
-from deployments.faults import FaultSwitch
+from deployments.faults import FaultSwitch, after_write_delay
 from deployments.fit_plans import check_request_fits, write_fit_plan
 from deployments.generation import GenerationRunner
 from deployments.lora_adapters import LoadedAdapterSet, adapter_set_id
 from jobs.config import DataLayout
-from jobs.errors import AdapterNotDeployed, DiskFull, JobCanceled, JobTimeout, OutOfMemory, ReplicaFailed
+from jobs.errors import (
+    AdapterNotDeployed,
+    DiskFull,
+    JobCanceled,
+    JobTimeout,
+    OutOfMemory,
+    ReplicaFailed,
+)
 from jobs.filenames import default_filename
 from jobs.files import ResultFiles
 from jobs.inputs import PreparedInputs
@@ -42,6 +49,10 @@ _DONE = object()
 
 #: Recent job results a replica remembers, to answer a repeated dispatch without running it again.
 FINISHED_KEPT = 256
+
+#: Seconds past a job's time limits (generate_s + encode_s) before the watchdog gives up on its
+#: worker thread: the in-thread checks fire first when the thread still runs.
+WATCHDOG_GRACE_S = 10.0
 
 
 # max_ongoing_requests=1: a replica owns one GPU and runs one job at a time; the
@@ -218,7 +229,19 @@ class Generator:
         pipeline_seconds = time.perf_counter() - t0
         if time.monotonic() > generate_deadline:  # the VAE decode cannot be interrupted; judged after it
             raise JobTimeout(f"generation (with the VAE decode) ran past timeouts.generate_s={limits.generate_s:g} s")
-        on_progress(Phase.encoding_video, params.num_inference_steps, params.num_inference_steps, None)
+        filename = spec.filename or default_filename(
+            self.gpu_id, spec.id, extension=OUTPUT_FORMATS[spec.output_format].extension
+        )
+        # Announced before it exists, so a cancel from now on removes it whatever the timing.
+        emit(
+            ProgressEvent(
+                phase=Phase.encoding_video,
+                step=params.num_inference_steps,
+                total_steps=params.num_inference_steps,
+                gpu_id=self.gpu_id,
+                filename=filename,
+            )
+        )
         alpha = None
         if inputs is not None and inputs.mask is not None:
             if spec.preserve_unmasked and inputs.video is not None:
@@ -226,9 +249,6 @@ class Generator:
             alpha = mask_to_alpha(inputs.mask)
         out = spec.output_size
         frames = fit_frames(frames, out.width, out.height, self.variant.resize_mode)
-        filename = spec.filename or default_filename(
-            self.gpu_id, spec.id, extension=OUTPUT_FORMATS[spec.output_format].extension
-        )
         path = self.files.path(filename)
         t1 = time.perf_counter()
         encode_deadline = time.monotonic() + limits.encode_s
@@ -252,6 +272,7 @@ class Generator:
             if not cancel.is_set():
                 raise JobTimeout(f"writing the result ran past timeouts.encode_s={limits.encode_s:g} s") from None
             raise
+        after_write_delay(self.faults)
         return JobResult(
             filename=filename,
             size_bytes=size,
@@ -312,9 +333,22 @@ class Generator:
             # The multiplexed wrapper takes (self, model_id) explicitly (set in __init__).
             adapters = await self._adapter_set(self, set_id) if set_id else None  # type: ignore[call-arg,arg-type]  # noqa: F841
             future = loop.run_in_executor(None, work)
+            # The watchdog: a step that never returns (a kernel, collective or filesystem hang) is
+            # past every in-thread deadline check; past them and a grace period, the job ends and
+            # this replica, whose worker thread may never come back, fails its health checks.
+            deadline = time.monotonic() + self.variant.longest_job_s + WATCHDOG_GRACE_S
             try:
                 while True:
-                    item = await events.get()
+                    try:
+                        item = await asyncio.wait_for(events.get(), max(deadline - time.monotonic(), 0.0))
+                    except TimeoutError:
+                        cancel.set()
+                        self._broken = f"job {spec.id} hung in its worker thread past its time limits"
+                        logger.error("generator %s: %s; failing health checks", self.variant.name, self._broken)
+                        raise JobTimeout(
+                            f"the job did not finish within timeouts.generate_s + encode_s = "
+                            f"{self.variant.longest_job_s:g} s (a step hung); the replica is being replaced"
+                        ) from None
                     if item is _DONE:
                         break
                     if isinstance(item, BaseException):
@@ -324,5 +358,10 @@ class Generator:
                 cancel.set()
                 # Hold the lock until the thread has stopped, so the next job never shares the pipeline.
                 await asyncio.shield(future)
+                # Canceled after its file was written (the result may not have reached the router):
+                # the file goes, so a canceled job never leaves one.
+                written = self._finished.pop(spec.id, None)
+                if written is not None:
+                    self.files.remove(written.filename)
                 raise
             await future

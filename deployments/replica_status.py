@@ -7,16 +7,20 @@ import asyncio
 import logging
 import re
 
+import ray.exceptions
 from pydantic import BaseModel, Field
 from ray import serve
 
-from jobs.errors import ModelUnavailable
+from jobs.errors import ModelUnavailable, exception_chain
 
 logger = logging.getLogger("ray.serve")
 
 #: Absolute paths in an error message (a file the loader could not find, a traceback's frames);
 #: replaced before the message reaches an HTTP answer.
 _PATH = re.compile(r"(?<![\w.])/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+#: Seconds between two looks at the generators' deployment states.
+GENERATOR_STATUS_POLL_S = 2.0
 
 #: Deployment states in which Ray Serve has given up starting replicas or sees them failing.
 FAILED_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
@@ -92,10 +96,15 @@ class GeneratorWatch:
     warning with the reason and counted in ``errors``.
     """
 
-    def __init__(self, app_name: str, variants: list[str], poll_s: float) -> None:
+    def __init__(self, app_name: str, variants: list[str], poll_s: float = GENERATOR_STATUS_POLL_S) -> None:
         self.app_name, self.variants, self.poll_s = app_name, variants, poll_s
         self.statuses: dict[str, GeneratorStatus] = {}
         self.errors = 0
+
+    def ready(self, variant: str) -> bool:
+        """False while ``variant``'s generator is failing (its jobs wait until a replica runs)."""
+        status = self.statuses.get(variant)
+        return status is None or not status.failed
 
     async def run(self) -> None:
         while True:
@@ -105,3 +114,8 @@ class GeneratorWatch:
                 self.errors += 1
                 logger.warning("generator states unreadable (%r, %d times); kept the last", exc, self.errors)
             await asyncio.sleep(self.poll_s)
+
+
+def replica_died(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps) says a replica's process went away (Ray's actor errors)."""
+    return any(isinstance(e, ray.exceptions.RayActorError) for e in exception_chain(exc))

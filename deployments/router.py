@@ -6,50 +6,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from typing import Any
 
-import ray.exceptions
-from pydantic import BaseModel, Field, SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.faults import ROUTER, FaultSwitch, StoreFaults
 from deployments.fit_plans import FitPlanCache
 from deployments.lora_adapters import adapter_set_id
-from deployments.replica_status import GeneratorWatch
-from jobs.config import DataLayout
-from jobs.engine import EngineConfig, JobEngine
-from jobs.errors import exception_chain
+from deployments.replica_status import GENERATOR_STATUS_POLL_S, GeneratorWatch, replica_died
+from deployments.router_config import RouterConfig
+from deployments.router_health import RouterHealth
+from jobs.engine import JobEngine
 from jobs.events import EventBatch
 from jobs.files import ResultFiles
 from jobs.model import JobResult, JobSpec, JobStatus, JobView, ProgressEvent
 from jobs.store import SqliteJobStore
 from webhooks.model import WebhookMessage
-from webhooks.sender import WebhookConfig, WebhookSender
+from webhooks.sender import WebhookSender
 from webhooks.store import WebhookStore
 
 logger = logging.getLogger("ray.serve")
 
-#: Seconds between two looks at the generators' deployment states.
-GENERATOR_STATUS_POLL_S = 2.0
-
 #: Longest a queued job waits for the dispatcher to look again, seconds (a timer may fire a hair early).
 DISPATCH_POLL_S = 0.5
 
-
-class RouterConfig(BaseModel):
-    """Settings of the router deployment, built by the app builder from its arguments."""
-
-    layout: DataLayout = Field(description="Where the job store, inputs, results and fit plans are.")
-    engine: EngineConfig = Field(description="Queue, retention and circuit breaker settings, and slots per variant.")
-    webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Webhook delivery settings.")
-    webhook_secret: SecretStr = Field(description="Standard Webhooks signing secret, 'whsec_' + base64.")
-
-
-def _replica_died(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it wraps) says the generator replica's process went away."""
-    return any(isinstance(e, ray.exceptions.RayActorError) for e in exception_chain(exc))
+#: Seconds before a store call that failed (full disk, locked, I/O error) is tried again.
+STORE_RETRY_S = 1.0
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
@@ -61,7 +47,8 @@ class Router:
         self.config = config
         self.generators = generators
         layout = config.layout
-        store = SqliteJobStore(layout.jobs_db)
+        hooks = StoreFaults(FaultSwitch(config.fault_file, ROUTER)) if config.fault_file else None
+        store = SqliteJobStore(layout.jobs_db, hooks)
         self.webhook_store = WebhookStore(store.db)
         self.webhooks = WebhookSender(
             config.webhooks, config.webhook_secret.get_secret_value(), store, self.webhook_store
@@ -69,23 +56,25 @@ class Router:
         self.engine = JobEngine(
             config.engine, store, ResultFiles(layout.outputs), layout.inputs, observers=[self.webhooks]
         )
-        self.engine.recover()
+        self.engine.recover()  # takes the store's lease: a router still draining stops dispatching
         resumed = self.webhooks.resume()
         if resumed:
             logger.info("resending %d webhook messages a previous router had not delivered", resumed)
         self._fit_plans = FitPlanCache()
         self._streams: dict[str, Any] = {}  # job id -> its generator call (a streaming response)
         self._runs: dict[str, asyncio.Task] = {}  # job id -> the task consuming that stream
-        self.watch = GeneratorWatch(serve.get_replica_context().app_name, list(generators), GENERATOR_STATUS_POLL_S)
+        self.watch = GeneratorWatch(serve.get_replica_context().app_name, list(generators))
+        self.health = RouterHealth()
         self._wake = asyncio.Event()
-        self._tasks = [asyncio.create_task(loop()) for loop in (self._dispatch_loop, self._purge_loop, self.watch.run)]
+        self.health.loops = [asyncio.create_task(f()) for f in (self._dispatch_loop, self._purge_loop, self.watch.run)]
         self._wake.set()
 
-    # ---- dispatch -----------------------------------------------------------------------------
+    def check_health(self) -> None:
+        """Serve's health check (RouterHealth.check): Serve replaces a router that fails it."""
+        self.health.fenced = self.engine.fenced
+        self.health.check()
 
-    def _variant_ready(self, variant: str) -> bool:
-        status = self.watch.statuses.get(variant)
-        return status is None or not status.failed  # a failing variant's jobs wait until a replica runs
+    # ---- dispatch -----------------------------------------------------------------------------
 
     def _wake_in(self, seconds: float | None) -> None:
         if seconds is not None:
@@ -96,35 +85,59 @@ class Router:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S if len(self.engine.queue) else None)
             self._wake.clear()
-            for spec in self.engine.dispatchable(self._variant_ready):
-                self._runs[spec.id] = asyncio.create_task(self._run(spec))
+            try:
+                specs = self.engine.dispatchable(self.watch.ready)
+                self.health.store_ok()
+            except Exception as exc:  # the store failed: the jobs stay queued; check_health tracks it
+                self.health.store_failed(exc)
+                self._wake_in(STORE_RETRY_S)
+                continue
+            for spec in specs:
+                task = self._runs[spec.id] = asyncio.create_task(self._run(spec))
+                # Settled by a done-callback: it runs even for a task canceled before its first step.
+                task.add_done_callback(functools.partial(self._settle, spec.id))
 
     async def _run(self, spec: JobSpec) -> None:
-        run = self.engine.running[spec.id]
-        self.engine.start(spec.id)
+        run, called = self.engine.running[spec.id], False
         try:
+            self.engine.start(spec.id)
             # A job with LoRA adapters goes to a replica that already has its set loaded (multiplexing).
             set_id = adapter_set_id([lora.name for lora in spec.params.loras])
             handle = self.generators[spec.variant].options(stream=True, multiplexed_model_id=set_id)
             stream = self._streams[spec.id] = handle.generate.remote(spec)
+            called = True
             async for item in stream:
-                if run.canceled:
-                    break
                 if isinstance(item, ProgressEvent):
                     self.engine.progress(spec.id, item)
                 elif isinstance(item, JobResult):
                     self.engine.succeeded(spec.id, item)
+                if run.canceled:
+                    break
         except asyncio.CancelledError:
             if not run.canceled:
                 raise
         except Exception as exc:  # every job ends in a terminal state, or goes back to the queue
-            if not run.canceled:
-                self._wake_in(self.engine.failed(spec.id, exc, _replica_died(exc)))
-        finally:
-            self._streams.pop(spec.id, None)
-            self._runs.pop(spec.id, None)
-            self._wake_in(self.engine.finish(spec.id))  # when the cooldown ends, the probe goes
-            self._wake.set()
+            if run.canceled:
+                return
+            try:
+                if called:
+                    self._wake_in(self.engine.failed(spec.id, exc, replica_died(exc)))
+                else:  # nothing reached a generator (the store failed): back to the front, no attempt spent
+                    self.health.store_failed(exc)
+                    self.engine.hand_back(spec.id)
+            except Exception as store_exc:  # the settle below retries until the job's state is written
+                self.health.store_failed(store_exc)
+
+    def _settle(self, job_id: str, _task: object = None) -> None:
+        """Free the job's slot once its state is written (JobEngine.finish), retrying a failing store."""
+        self._streams.pop(job_id, None)
+        self._runs.pop(job_id, None)
+        try:
+            self._wake_in(self.engine.finish(job_id))  # when the cooldown ends, the probe goes
+        except Exception as exc:
+            self.health.store_failed(exc)
+            asyncio.get_running_loop().call_later(STORE_RETRY_S, self._settle, job_id)
+        self._wake.set()
 
     # ---- calls from the ingress -----------------------------------------------------------------
 
@@ -194,16 +207,8 @@ class Router:
         all_jobs: bool = False,
         delete_files: bool = False,
     ) -> dict:
-        """Cancel the selected queued and running jobs, then remove every selected job.
-
-        Returns ``{"deleted": [ids], "canceled": [ids], "files_deleted": [filenames]}``.
-        """
-        selected = self.engine.select(ids, status, all_jobs)
-        canceled = [rec.id for rec in selected if not rec.status.terminal]
-        for job_id in canceled:
-            await self.cancel(job_id)
-        files = self.engine.delete(selected, delete_files)
-        return {"deleted": [r.id for r in selected], "canceled": canceled, "files_deleted": files}
+        """See JobEngine.delete_jobs (which cancels through this router)."""
+        return await self.engine.delete_jobs(ids, status, all_jobs, delete_files, cancel=self.cancel)
 
     async def videos(self) -> list[JobView]:
         """Successful jobs whose file still exists, oldest first."""

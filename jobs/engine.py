@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from jobs.errors import (
 from jobs.eta import queued_eta_s, running_remaining_s
 from jobs.events import EventBatch, EventLogs, JobEvent
 from jobs.failures import FailureAction, classify_failure
+from jobs.filenames import default_name_job
 from jobs.files import ResultFiles
 from jobs.inputs import copy_inputs, kept_for_remix, remove_inputs
 from jobs.model import JobRecord, JobResult, JobSpec, JobStatus, JobView, Phase, ProgressEvent
@@ -73,13 +74,16 @@ class JobObserver(Protocol):
 
 
 class RunningJob:
-    """A dispatched job: its spec, when and how many times it started, and whether it was canceled."""
+    """A dispatched job: its spec, when and how many times it started, whether it was canceled,
+    and its result once the generator sent it."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         self.started = 0.0
         self.attempts = 0
         self.canceled = False
+        self.filename: str | None = None  # the result file the generator announced before writing it
+        self.result: JobResult | None = None
 
 
 class JobEngine:
@@ -115,12 +119,16 @@ class JobEngine:
         self.logs = EventLogs()
         self.breakers = {v: CircuitBreaker(config.circuit_breaker) for v in config.slots}
         self._paused_until: dict[str, float] = {}
+        self.generation: int | None = None  # of the store's lease, taken by recover()
+        self.fenced = False  # a newer router took the lease: this engine dispatches nothing more
 
     # ---- start ------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Load the queue from the store: queued jobs in FIFO order, and jobs a previous router
-        left running back at their place, unless they have had all their attempts."""
+        """Take the store's lease (fencing any earlier router, which may still be draining), then
+        load the queue from the store: queued jobs in FIFO order, and jobs a previous router left
+        running back at their place, unless they have had all their attempts."""
+        self.generation = self.store.claim_lease()
         limit = self.config.queue.max_attempts
         for rec in self.store.by_status([JobStatus.running]):
             if rec.attempts >= limit:
@@ -201,13 +209,17 @@ class JobEngine:
     # ---- changes and their events -------------------------------------------------------------
 
     def _update(self, job_id: str, **fields: Any) -> JobRecord | None:
-        """Write ``fields`` and tell the job's event log and the observers."""
-        rec = self.store.update(job_id, **fields)
-        if rec is not None:
+        """Write ``fields`` and tell the observers in the same transaction (what they store, e.g. a
+        webhook message, commits with the change or not at all: a transactional outbox), then the
+        job's event log."""
+        with self.store.transaction():
+            rec = self.store.update(job_id, **fields)
+            if rec is None:
+                return None
             event = JobEvent.of(self.view(rec))
-            self.logs.record(rec.id, event)
             for observer in self.observers:
                 observer.job_changed(rec, event)
+        self.logs.record(rec.id, event)
         return rec
 
     def _snapshot(self, job_id: str) -> JobEvent | None:
@@ -343,8 +355,26 @@ class JobEngine:
     def dispatchable(self, variant_ready: Callable[[str], bool]) -> list[JobSpec]:
         """Take the jobs that may start now off the queue, oldest first per variant, and count them
         as running: one per free slot of a variant whose dispatch is not paused, whose generator is
-        not failing (``variant_ready``) and whose circuit breaker lets it through."""
-        started = []
+        not failing (``variant_ready``) and whose circuit breaker lets it through.
+
+        Nothing is dispatched once a newer router took the store's lease (``fenced``).
+
+        Raises:
+            Exception: the store failed before any job started (every job stays queued).
+        """
+        started: list[JobSpec] = []
+        if not self.store.holds_lease():
+            self.fenced = True
+            return started
+        try:
+            self._dispatch_into(started, variant_ready)
+        except Exception:
+            if not started:
+                raise
+            logger.warning("dispatch stopped after %d jobs: the store failed", len(started), exc_info=True)
+        return started
+
+    def _dispatch_into(self, started: list[JobSpec], variant_ready: Callable[[str], bool]) -> None:
         for variant in self.queue.variants():
             breaker = self.breakers[variant]
             while (job_id := self.queue.head(variant)) is not None:
@@ -354,8 +384,8 @@ class JobEngine:
                     break
                 if not variant_ready(variant) or not breaker.may_dispatch():
                     break
+                rec = self.store.get(job_id)  # read before the pop: a failing read leaves the job queued
                 self.queue.pop(variant)
-                rec = self.store.get(job_id)
                 if rec is None or rec.status != JobStatus.queued:
                     continue
                 breaker.started()
@@ -364,7 +394,6 @@ class JobEngine:
                 for waiting in self.queue.of(variant):  # everyone behind it moved up one place
                     if waiting in self.logs and (event := self._snapshot(waiting)) is not None:
                         self.logs.record(waiting, event)
-        return started
 
     def start(self, job_id: str) -> None:
         """The job's generator call is about to be made: it is running, one more attempt."""
@@ -376,17 +405,27 @@ class JobEngine:
         )
 
     def progress(self, job_id: str, item: ProgressEvent) -> None:
-        """A progress report from the generator."""
+        """A progress report from the generator (a canceled job's is only noted for its file's name)."""
+        run = self.running[job_id]
+        if item.filename is not None:
+            run.filename = item.filename
+        if run.canceled:
+            return
         fields: dict[str, Any] = dict(
             phase=item.phase, step=item.step, total_steps=item.total_steps, gpu_id=item.gpu_id
         )
+        if item.filename is not None:  # the file about to be written: known before it exists
+            fields["filename"] = item.filename
         if item.step_seconds is not None:  # phases after denoising keep the measured step time
             fields["step_seconds"] = item.step_seconds
         self._update(job_id, **fields)
 
     def succeeded(self, job_id: str, result: JobResult) -> None:
-        """The generator wrote the result file."""
+        """The generator wrote the result file (a canceled job's file is removed instead)."""
         run = self.running[job_id]
+        run.result = result
+        if run.canceled:
+            return
         finished = self.clock()
         self._update(
             job_id,
@@ -398,6 +437,7 @@ class JobEngine:
             gpu_id=result.gpu_id,
         )
         self.store.record_job_seconds(run.spec.variant, finished - run.started)
+        self._remove_stale_results(job_id, keep=result.filename)
         self.breakers[run.spec.variant].succeeded()
 
     def failed(self, job_id: str, exc: BaseException, replica_died: bool) -> float | None:
@@ -436,6 +476,13 @@ class JobEngine:
         )
         return None
 
+    def hand_back(self, job_id: str) -> None:
+        """Put a dispatched job back at the front of its queue without spending an attempt: nothing
+        of it reached a generator (its start could not be written, or the call not be made)."""
+        run = self.running[job_id]
+        self.queue.push(job_id, run.spec.variant, front=True)
+        self._update(job_id, status=JobStatus.queued, phase=None, step=0, attempts=max(run.attempts - 1, 0))
+
     def _requeue_first(self, spec: JobSpec) -> None:
         """Put a job that was running back at the front of its queue: it was the oldest of its
         variant when it started."""
@@ -443,15 +490,23 @@ class JobEngine:
         self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
 
     def finish(self, job_id: str) -> float | None:
-        """The generator call is over, however it ended: free its slot and its inputs.
+        """The generator call is over, however it ended (or never began): settle the job, then free
+        its slot and its inputs. Idempotent, and safe to call again after it raised: the slot is
+        freed only once the job's state is written.
 
-        A job still ``running`` here (and not canceled) ends ``error``/``internal``. Returns the
-        seconds until the variant's open circuit lets a probe through, or None.
+        A job still ``running`` here ends ``success`` if its result came (its write had failed),
+        else ``error``/``internal``; a job still ``queued`` (its start was never written) goes back
+        to the front of its queue; a canceled job's result file is removed. Returns the seconds
+        until the variant's open circuit lets a probe through, or None.
         """
-        run = self.running[job_id]
+        run = self.running.get(job_id)
+        if run is None:
+            return None
         breaker = self.breakers[run.spec.variant]
         rec = self.store.get(job_id)
-        if rec is not None and rec.status == JobStatus.running and not run.canceled:
+        if rec is not None and rec.status == JobStatus.running and not run.canceled and run.result is not None:
+            self.succeeded(job_id, run.result)
+        elif rec is not None and rec.status == JobStatus.running and not run.canceled:
             self._update(
                 job_id,
                 status=JobStatus.error,
@@ -460,8 +515,11 @@ class JobEngine:
                 finished_at=self.clock(),
             )
             breaker.failed(STREAM_ENDED)
+        elif rec is not None and rec.status == JobStatus.queued and job_id not in self.queue:
+            self.queue.push(job_id, run.spec.variant, front=True)
         if run.canceled:
             breaker.neutral()
+            self.remove_result(rec or self._get(job_id), run)
         del self.running[job_id]
         rec = self.store.get(job_id)
         if rec is None or (
@@ -469,6 +527,27 @@ class JobEngine:
         ):
             remove_inputs(run.spec.inputs, self.inputs_root)
         return breaker.retry_after_s() if breaker.refusing() else None
+
+    def _remove_stale_results(self, job_id: str, keep: str | None) -> None:
+        """Remove the files an earlier attempt of a job left under default names (a run that a
+        replaced router or replica finished too): they carry the job's id, so they are its own."""
+        for name in self.files.default_named():
+            if default_name_job(name) == job_id and name != keep:
+                self.files.remove(name)
+
+    def remove_result(self, rec: JobRecord, run: RunningJob | None = None) -> None:
+        """Remove the result file of a canceled job, wherever its run got to: the name announced
+        before writing, the one in its result, or the caller's chosen name. Names are unique to
+        their job (jobs/filenames.py), so no other job's file is touched."""
+        names = {
+            rec.filename,
+            rec.spec.filename,
+            run.filename if run else None,
+            run.result.filename if run and run.result else None,
+        }
+        for name in names:
+            if name and self.store.filename_owner(name) is None:  # a canceled job owns no name
+                self.files.remove(name)
 
     # ---- cancel and delete --------------------------------------------------------------------
 
@@ -504,6 +583,26 @@ class JobEngine:
         if status is not None:
             return self.store.by_status([status])
         return []
+
+    async def delete_jobs(
+        self,
+        ids: list[str] | None,
+        status: JobStatus | None,
+        all_jobs: bool,
+        delete_files: bool,
+        cancel: Callable[[str], Awaitable[object]],
+    ) -> dict[str, list[str]]:
+        """Cancel the selected queued and running jobs with ``cancel`` (the router's, which also stops
+        their generator calls), then remove every selected job (``delete``).
+
+        Returns ``{"deleted": [ids], "canceled": [ids], "files_deleted": [filenames]}``.
+        """
+        selected = self.select(ids, status, all_jobs)
+        canceled = [rec.id for rec in selected if not rec.status.terminal]
+        for job_id in canceled:
+            await cancel(job_id)
+        files = self.delete(selected, delete_files)
+        return {"deleted": [r.id for r in selected], "canceled": canceled, "files_deleted": files}
 
     def delete(self, selected: list[JobRecord], delete_files: bool) -> list[str]:
         """Remove ``selected`` jobs (already ended or canceled) with their inputs and, with
@@ -569,6 +668,11 @@ class JobEngine:
         for rec in files_over_cap(self.store, self.files, policy):
             if self._delete_file(rec) and rec.filename:
                 files_deleted.append(rec.filename)
+        for name in self.files.default_named():  # attempts' leftovers that no record points to
+            owner = self.store.get(default_name_job(name) or "")
+            stale = owner is not None and owner.status.terminal and not (owner.has_file and owner.filename == name)
+            if stale and self.files.remove(name):
+                files_deleted.append(name)
         jobs_deleted = [r.id for r in old]
         if jobs_deleted or files_deleted:
             logger.info("retention: %d jobs and %d files removed", len(jobs_deleted), len(files_deleted))

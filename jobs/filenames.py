@@ -15,14 +15,31 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_FILENAME_BYTES = 200
 
 
-def default_filename(gpu_id: str, job_id: str, now: datetime | None = None, extension: str = ".mp4") -> str:
-    """``result_gpu{gpu}_{YYYY-mm-dd_HH-MM-SS}_{short_id}.mp4``; on a CPU replica ``result_cpu_...``.
+#: Default result names: ``result_{cpu|gpuN}_{YYYY-mm-dd_HH-MM-SS}_{job id}{extension}``. They
+#: carry the whole job id (32 hex digits), so two jobs never share one; a caller's filename may
+#: not take this form, so no caller can reserve another job's default name.
+DEFAULT_NAME = re.compile(
+    r"^result_(cpu|gpu\d+)_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_(?P<job>[0-9a-f]{32})("
+    + "|".join(re.escape(e) for e in RESULT_EXTENSIONS)
+    + ")$",
+    re.IGNORECASE,
+)
 
-    ``extension`` follows the output format (``.webm``, ``.zip``).
+
+def default_name_job(filename: str) -> str | None:
+    """The job id in a default result name, or None for any other name."""
+    match = DEFAULT_NAME.match(filename)
+    return match.group("job").lower() if match else None
+
+
+def default_filename(gpu_id: str, job_id: str, now: datetime | None = None, extension: str = ".mp4") -> str:
+    """``result_gpu{gpu}_{YYYY-mm-dd_HH-MM-SS}_{job id}.mp4``; on a CPU replica ``result_cpu_...``.
+
+    ``extension`` follows the output format (``.webm``, ``.zip``). Unique per job (DEFAULT_NAME).
     """
     stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
     device = "cpu" if gpu_id == "cpu" else f"gpu{gpu_id}"
-    return f"result_{device}_{stamp}_{job_id[:8]}{extension}"
+    return f"result_{device}_{stamp}_{job_id}{extension}"
 
 
 def sanitize_filename(name: str, extension: str = ".mp4") -> str:
@@ -48,4 +65,21 @@ def sanitize_filename(name: str, extension: str = ".mp4") -> str:
         stem = (stem[: -len(other)] if other and len(stem) > len(other) else stem) + extension
     if len(stem.encode()) > MAX_FILENAME_BYTES:
         raise ValidationFailed(f"filename is longer than {MAX_FILENAME_BYTES} bytes", field="filename")
+    return stem
+
+
+def caller_filename(name: str, extension: str = ".mp4") -> str:
+    """``sanitize_filename`` for a name a caller asks a new job's file to take.
+
+    Raises:
+        ValidationFailed: as ``sanitize_filename``, or the name has the form of a default name
+            (DEFAULT_NAME), which belongs to another job.
+    """
+    stem = sanitize_filename(name, extension)
+    if DEFAULT_NAME.match(stem):
+        raise ValidationFailed(
+            f"filename {name!r} has the form of the service's default names (result_<device>_<time>_<job id>), "
+            "which belong to other jobs; choose another name",
+            field="filename",
+        )
     return stem

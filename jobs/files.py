@@ -26,6 +26,19 @@ class ResultFiles:
         except FileNotFoundError:
             return None
 
+    def default_named(self) -> list[str]:
+        """Names of the finished files here that have a default name (jobs/filenames.py)."""
+        from jobs.filenames import DEFAULT_NAME
+
+        return [p.name for p in self.folder.iterdir() if DEFAULT_NAME.match(p.name)]
+
+    def age_s(self, filename: str, now: float) -> float:
+        """Seconds since the file was last written (0 when it is gone)."""
+        try:
+            return now - self.path(filename).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
     def remove(self, filename: str | None) -> bool:
         """Delete the file; False when there was none."""
         if not filename:

@@ -145,6 +145,11 @@ class ProgressEvent(BaseModel):
     total_steps: int = Field(default=0, description="Denoising steps in this job.")
     step_seconds: float | None = Field(default=None, description="Mean wall time of a denoising step so far, seconds.")
     gpu_id: str = Field(description="GPU index of the replica, or 'cpu'.")
+    filename: str | None = Field(
+        default=None,
+        description="With encoding_video: the result file about to be written, so the router knows "
+        "it before it exists (a cancel then removes it whatever the timing).",
+    )
 
 
 class JobResult(BaseModel):
@@ -277,7 +282,8 @@ class JobView(BaseModel):
             params=spec.params,
             output_size=spec.output_size,
             output_format=spec.output_format,
-            filename=rec.filename,
+            # A running job's record holds the name it is about to write; callers see it once it exists.
+            filename=rec.filename if rec.status == JobStatus.success else spec.filename,
             file_url=file_url(rec.filename) if rec.has_file and rec.filename else None,
             error=JobError(code=rec.error_code, message=rec.error_message or "") if rec.error_code else None,
             inputs=spec.inputs.summary if spec.inputs is not None else None,

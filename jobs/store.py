@@ -11,8 +11,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,28 +81,136 @@ class JobStore(Protocol):
     def delete(self, ids: Iterable[str]) -> None: ...
     def avg_job_seconds(self, variant: str) -> float | None: ...
     def record_job_seconds(self, variant: str, seconds: float) -> None: ...
+    def transaction(self) -> AbstractContextManager[Any]: ...
+    def claim_lease(self) -> int: ...
+    def holds_lease(self) -> bool: ...
+
+
+class Fenced(RuntimeError):
+    """A newer router holds the job store's lease: this one may no longer dispatch or write job state."""
+
+
+class StoreHooks(Protocol):
+    """Called around every write of a store (fault injection in tests and chaos drills).
+
+    ``op`` is the write's name (``insert``, ``update``, ``delete``, ``record_job_seconds``, ...);
+    ``fields`` what an update sets. Whatever ``before`` raises, the write does not happen.
+    """
+
+    def before(self, op: str, fields: dict[str, Any]) -> None: ...
+
+    def after(self, op: str, fields: dict[str, Any]) -> None: ...
 
 
 class SqliteDatabase:
     """One SQLite connection (WAL, ``synchronous=FULL``) shared by the stores of one process,
-    behind one lock. ``synchronous=FULL`` so a committed job survives a power cut, not only a
-    process crash."""
+    behind one re-entrant lock. ``synchronous=FULL`` so a committed job survives a power cut, not
+    only a process crash. ``transaction()`` makes several writes, of any of its stores, one commit.
 
-    def __init__(self, path: Path) -> None:
+    Fencing: ``claim_lease()`` takes the lease for this process (a generation number); from then on
+    every write first checks that no newer holder took it, and raises ``Fenced`` otherwise.
+    """
+
+    def __init__(self, path: Path, hooks: StoreHooks | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
+        self.hooks = hooks
+        self.generation: int | None = None
+        self._depth = 0
+        self._committed: list[tuple[str, dict[str, Any]]] = []  # writes whose ``after`` hook waits for the commit
+        self._on_commit: list[Callable[[], object]] = []
+        self.lock = threading.RLock()
         self.connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.connection.row_factory = sqlite3.Row
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=FULL")
         self.connection.execute("PRAGMA busy_timeout=5000")
 
+        self.connection.execute(
+            "CREATE TABLE IF NOT EXISTS lease (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL)"
+        )
+
     @contextmanager
     def cursor(self) -> Iterator[sqlite3.Connection]:
-        """The connection, held under the lock (each statement commits on its own: autocommit)."""
+        """The connection, held under the lock, for reads (and writes outside ``write``'s checks)."""
         with self.lock:
             yield self.connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One commit for every write inside (nested: the outermost commits); rolled back on error."""
+        with self.lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.connection
+                finally:
+                    self._depth -= 1
+                return
+            self.connection.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.connection
+            except BaseException:
+                self._depth, self._committed, self._on_commit = 0, [], []
+                self.connection.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self.connection.execute("COMMIT")
+            committed, self._committed = self._committed, []
+            callbacks, self._on_commit = self._on_commit, []
+            if self.hooks is not None:
+                for op, fields in committed:
+                    self.hooks.after(op, fields)
+            for callback in callbacks:
+                callback()
+
+    def on_commit(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once the current transaction commits (now, outside one); never on a rollback."""
+        with self.lock:
+            if self._depth:
+                self._on_commit.append(callback)
+                return
+        callback()
+
+    @contextmanager
+    def write(self, op: str, fields: dict[str, Any] | None = None) -> Iterator[sqlite3.Connection]:
+        """A write: the hooks around it, the lease checked first, all in one transaction.
+
+        Raises:
+            Fenced: a newer holder took the lease.
+        """
+        fields = fields or {}
+        if self.hooks is not None:
+            self.hooks.before(op, fields)
+        with self.transaction() as c:
+            if self.generation is not None:
+                row = c.execute("SELECT generation FROM lease WHERE id = 1").fetchone()
+                if row is None or row[0] != self.generation:
+                    raise Fenced(
+                        f"the job store's lease moved to generation {row[0] if row else None}; "
+                        f"this router holds {self.generation}"
+                    )
+            yield c
+            self._committed.append((op, fields))  # ``after`` runs once the outermost transaction commits
+
+    def claim_lease(self) -> int:
+        """Take the lease: the next generation number, which fences every earlier holder."""
+        with self.transaction() as c:
+            row = c.execute(
+                "INSERT INTO lease (id, generation) VALUES (1, 1) "
+                "ON CONFLICT(id) DO UPDATE SET generation = generation + 1 RETURNING generation"
+            ).fetchone()
+        self.generation = int(row[0])
+        return self.generation
+
+    def holds_lease(self) -> bool:
+        """Whether no newer holder took the lease (always true before ``claim_lease``)."""
+        if self.generation is None:
+            return True
+        with self.cursor() as c:
+            row = c.execute("SELECT generation FROM lease WHERE id = 1").fetchone()
+        return row is not None and row[0] == self.generation
 
     def close(self) -> None:
         self.connection.close()
@@ -116,8 +224,8 @@ class SqliteJobStore:
         db: a database file path, or a ``SqliteDatabase`` shared with other stores (webhooks).
     """
 
-    def __init__(self, db: Path | str | SqliteDatabase) -> None:
-        self.db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(Path(db))
+    def __init__(self, db: Path | str | SqliteDatabase, hooks: StoreHooks | None = None) -> None:
+        self.db = db if isinstance(db, SqliteDatabase) else SqliteDatabase(Path(db), hooks)
         self._lock = self.db.lock
         self._db = self.db.connection
         self._db.executescript(_SCHEMA)
@@ -132,6 +240,17 @@ class SqliteJobStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Several writes (of this and the stores sharing its database) as one commit."""
+        return self.db.transaction()
+
+    def claim_lease(self) -> int:
+        """Fence every earlier router (SqliteDatabase.claim_lease); returns this one's generation."""
+        return self.db.claim_lease()
+
+    def holds_lease(self) -> bool:
+        return self.db.holds_lease()
 
     def _rows(self, rows: Iterable[sqlite3.Row]) -> list[JobRecord]:
         return [self._record(r) for r in rows]
@@ -150,8 +269,9 @@ class SqliteJobStore:
 
         Raises:
             sqlite3.IntegrityError: ``idempotency_key`` is already taken.
+            Fenced: a newer router holds the lease.
         """
-        with self._lock:
+        with self.db.write("insert", {"id": spec.id}):
             self._db.execute(
                 "INSERT INTO jobs (id, variant, prompt, spec, status, filename, total_steps, created_at, "
                 "idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -191,7 +311,11 @@ class SqliteJobStore:
 
     def update(self, job_id: str, **fields: Any) -> JobRecord | None:
         """Set columns of one job and return the updated record in the same statement (None when
-        there is no such job). ``status`` and ``phase`` may be enums, ``result`` a dict."""
+        there is no such job). ``status`` and ``phase`` may be enums, ``result`` a dict.
+
+        Raises:
+            Fenced: a newer router holds the lease.
+        """
         if not fields:
             return self.get(job_id)
         for key in ("status", "phase"):
@@ -200,7 +324,7 @@ class SqliteJobStore:
         if isinstance(fields.get("result"), dict):
             fields["result"] = json.dumps(fields["result"])
         cols = ", ".join(f"{k} = ?" for k in fields)
-        with self._lock:
+        with self.db.write("update", {"id": job_id, **fields}):
             row = self._db.execute(
                 f"UPDATE jobs SET {cols} WHERE id = ? RETURNING *", (*fields.values(), job_id)
             ).fetchone()
@@ -276,7 +400,7 @@ class SqliteJobStore:
         if not ids:
             return
         marks = ",".join("?" * len(ids))
-        with self._lock:
+        with self.db.write("delete", {"ids": ids}):
             self._db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
 
     def avg_job_seconds(self, variant: str) -> float | None:
@@ -287,7 +411,7 @@ class SqliteJobStore:
 
     def record_job_seconds(self, variant: str, seconds: float) -> None:
         """Fold one finished job's duration into the variant's exponential moving average."""
-        with self._lock:
+        with self.db.write("record_job_seconds", {"variant": variant}):
             self._db.execute(
                 "INSERT INTO variant_stats (variant, avg_job_seconds, samples) VALUES (?, ?, 1) "
                 "ON CONFLICT(variant) DO UPDATE SET "

@@ -44,7 +44,11 @@ def fit_frames(frames: np.ndarray, width: int, height: int, mode: Literal["pad",
 
 @contextmanager
 def _atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a hidden temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
+    """Yield a hidden temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+
+    A rename replaces only a file of the same job (an earlier attempt's): result names are unique
+    to their job by construction (jobs/filenames.py).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     try:

@@ -13,7 +13,8 @@ from ray.serve import Application
 
 from deployments.generator import Generator
 from deployments.replica_status import generator_deployment_name
-from deployments.router import Router, RouterConfig
+from deployments.router import Router
+from deployments.router_config import RouterConfig
 from jobs.circuit_breaker import CircuitConfig
 from jobs.config import DataLayout, QueuePolicy, RetentionPolicy
 from jobs.engine import EngineConfig
@@ -127,7 +128,13 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         slots={name: cfg.deployment.num_replicas for name, cfg in configs.items()},
     )
     router = Router.bind(  # type: ignore[attr-defined]
-        config=RouterConfig(layout=layout, engine=engine, webhooks=args.webhooks, webhook_secret=secret),
+        config=RouterConfig(
+            layout=layout,
+            engine=engine,
+            webhooks=args.webhooks,
+            webhook_secret=secret,
+            fault_file=str(args.fault_file) if args.fault_file else None,
+        ),
         generators=generators,
     )
     return Ingress.bind(  # type: ignore[attr-defined]

@@ -301,3 +301,85 @@ def test_recover_requeues_running_jobs_until_their_attempts_are_spent(tmp_path):
     again.recover()
     assert again.queue.of("a") == ["job0", "job1"]
     assert again.status("job2").status == JobStatus.error and again.status("job2").error.code == "internal"
+
+
+def test_a_newer_router_fences_the_older_one(tmp_path):
+    from jobs.store import Fenced
+
+    old = _engine(tmp_path)
+    old.recover()
+    old.submit(_spec(0))
+    new = _engine(tmp_path)
+    new.recover()  # takes the lease
+    assert new.generation == old.generation + 1
+    assert old.dispatchable(lambda v: True) == [] and old.fenced  # the older one dispatches nothing more
+    with pytest.raises(Fenced):
+        old.store.update("job0", step=1)
+    assert [s.id for s in new.dispatchable(lambda v: True)] == ["job0"] and not new.fenced
+
+
+def test_a_change_and_what_observers_store_commit_together_or_not_at_all(tmp_path):
+    from webhooks.store import WebhookStore
+
+    engine = _engine(tmp_path)
+    hooks = WebhookStore(engine.store.db)
+
+    class Outbox:
+        fail = False
+
+        def job_changed(self, rec, event):
+            hooks.add_webhook_message(f"msg-{rec.status.value}", rec.id, "video.test", "{}")
+            if self.fail:
+                raise OSError("the outbox write failed")
+
+        def jobs_deleted(self, ids):
+            pass
+
+    outbox = Outbox()
+    engine.observers.append(outbox)
+    engine.submit(_spec(0))
+    (spec,) = engine.dispatchable(lambda v: True)
+    engine.start(spec.id)  # running, and its message, in one commit
+    assert [m.id for m in hooks.webhook_messages("job0")] == ["msg-running"]
+    outbox.fail = True
+    with pytest.raises(OSError):
+        engine.succeeded(spec.id, _result("a.mp4"))
+    assert engine.store.get("job0").status == JobStatus.running  # rolled back with the message
+    assert [m.id for m in hooks.webhook_messages("job0")] == ["msg-running"]
+
+
+def test_finish_settles_a_job_whose_start_was_never_written(tmp_path):
+    engine = _engine(tmp_path)
+    engine.submit(_spec(0))
+    (spec,) = engine.dispatchable(lambda v: True)  # dispatched, but its task never ran
+    assert engine.finish(spec.id) is None
+    assert engine.queue.of("a") == ["job0"] and engine.running == {}  # back in line, slot free
+    assert engine.finish(spec.id) is None  # idempotent
+    (again,) = engine.dispatchable(lambda v: True)
+    assert again.id == "job0"
+
+
+def test_a_success_removes_its_earlier_attempts_files_and_the_purge_sweeps_stale_ones(tmp_path):
+    from jobs.filenames import default_filename
+
+    engine = _engine(tmp_path)
+    outputs = tmp_path / "outputs"
+    first, second = (_spec(i).model_copy(update={"id": f"{i:032x}"}) for i in (1, 2))  # ids of 32 hex digits
+    engine.submit(first)
+    engine.submit(second)
+    # An attempt of the first job that a replaced replica finished too, under its own default name.
+    stale = default_filename("cpu", first.id, extension=".mp4")
+    fresh = stale.replace("result_cpu_", "result_gpu0_")
+    (spec,) = engine.dispatchable(lambda v: True)
+    engine.start(spec.id)
+    (outputs / stale).write_bytes(b"x")
+    (outputs / fresh).write_bytes(b"y")
+    engine.succeeded(spec.id, _result(fresh))
+    engine.finish(spec.id)
+    assert sorted(p.name for p in outputs.iterdir()) == [fresh]  # the earlier attempt's file went
+    # A terminal job whose record points to no file: its default-named leftovers go at the purge.
+    engine.cancel(second.id)
+    leftover = default_filename("cpu", second.id, extension=".mp4")
+    (outputs / leftover).write_bytes(b"z")
+    assert engine.purge()["files_deleted"] == [leftover]
+    assert sorted(p.name for p in outputs.iterdir()) == [fresh]

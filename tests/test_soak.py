@@ -1,5 +1,6 @@
-"""Soak (``make soak``): a stream of jobs while a generator replica and the router are killed at
-random moments; then the invariants over every job. Bounded by SOAK_SECONDS (env WAN_SERVE_SOAK_S)."""
+"""Soak (``make soak``): a stream of jobs while, at random moments, a generator replica or the
+router is killed, a step hangs for good, the job store fails a write, or the app is redeployed;
+then the invariants over every job. Bounded by SOAK_SECONDS (env WAN_SERVE_SOAK_S)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ def test_jobs_survive_random_generator_and_router_kills(ray_serve, tmp_path):
     seed = int(os.environ.get("WAN_SERVE_SOAK_SEED", time.time()))
     print(f"soak seed {seed} (WAN_SERVE_SOAK_SEED reruns it), {SOAK_SECONDS:g} s")
     rng = random.Random(seed)
-    url = deploy(ray_serve, "soak", tmp_path, variants=[TI2V], max_queued_jobs=64, max_attempts=MAX_ATTEMPTS,
-                 circuit_breaker={"failure_threshold": 1000, "cooldown_s": 1})
+    args = dict(variants=[TI2V], max_queued_jobs=64, max_attempts=MAX_ATTEMPTS, fault_file=str(tmp_path / "faults.json"),
+                circuit_breaker={"failure_threshold": 1000, "cooldown_s": 1},
+                overrides={TI2V: {"timeouts": {"generate_s": 15, "encode_s": 5}}})
+    url = deploy(ray_serve, "soak", tmp_path, **args)
     defaults = {"size": "1280x720", "num_inference_steps": 2, "variant": TI2V}
     with httpx.Client(base_url=url, timeout=30) as client:
         app = AppUnderTest(client, tmp_path, url, "soak", defaults)
@@ -34,12 +37,28 @@ def test_jobs_survive_random_generator_and_router_kills(ray_serve, tmp_path):
         stop = threading.Event()
         kills: list[tuple[float, str]] = []
 
+        redeploys = [0]
+
         def killer():
+            from ray import serve
+
+            from serve_app.app import build_app
+
             while not stop.wait(rng.uniform(12, 30)):
-                target = rng.choice(["Router", f"generator-{TI2V}"])
-                killed = app.kill(target)  # ray.kill: works while the deployment is restarting
-                if killed:
-                    kills.append((round(time.time(), 1), killed))
+                fault = rng.choice(["Router", f"generator-{TI2V}", "hang", "store_error", "redeploy"])
+                if fault == "hang":  # a step that never returns: the watchdog ends the job, Serve replaces the replica
+                    app.arm({"variant": TI2V, "kind": "hang", "at_step": 1, "hang_s": 3600})
+                elif fault == "store_error":  # the next job-state write fails
+                    app.arm({"variant": "router", "kind": "store_error", "op": "update"})
+                elif fault == "redeploy":  # a new router starts while the old one drains
+                    redeploys[0] += 1
+                    changed = dict(args, data_dir=str(tmp_path), max_queued_jobs=64 + redeploys[0])
+                    threading.Thread(target=serve.run, args=(build_app(changed),), daemon=True,
+                                     kwargs={"name": "soak", "route_prefix": "/soak"}).start()
+                else:
+                    fault = app.kill(fault)  # ray.kill: works while the deployment is restarting
+                if fault:
+                    kills.append((round(time.time(), 1), fault))
 
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
@@ -70,8 +89,8 @@ def test_jobs_survive_random_generator_and_router_kills(ray_serve, tmp_path):
         assert all(s["status"] in TERMINAL for s in finals.values())
         for s in finals.values():
             assert s["attempts"] <= MAX_ATTEMPTS
-            if s["status"] != "success":  # only a job that used up its attempts may fail
-                assert s["attempts"] == MAX_ATTEMPTS or s["error"]["code"] == "internal", s
+            if s["status"] != "success":  # only a job that used up its attempts, or hung, may fail
+                assert s["attempts"] == MAX_ATTEMPTS or s["error"]["code"] in ("internal", "timeout"), s
         # FIFO: jobs that ran once started in the order they were accepted.
         once = [finals[j]["started_at"] for j in accepted if finals[j]["attempts"] == 1]
         assert once == sorted(once)

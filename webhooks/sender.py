@@ -163,6 +163,7 @@ class WebhookSender:
         self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=config.timeout_s)
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self._tasks: set[asyncio.Task] = set()
+        self._in_flight: set[str] = set()  # message ids being delivered by this sender
         self._last_progress: dict[str, float] = {}
 
     # ---- what to send -----------------------------------------------------------------------
@@ -187,12 +188,12 @@ class WebhookSender:
             self._last_progress.pop(rec.id, None)
             kind = TERMINAL_EVENTS[rec.status]
             if kind in hook.events:
-                self._spawn(self._message(rec, kind, event), retry=True)
+                self._send_after_commit(self._message(rec, kind, event), retry=True)
         elif rec.status == JobStatus.running and PROGRESS_EVENT in hook.events:
             now = time.monotonic()
             if now - self._last_progress.get(rec.id, -1e18) >= self.config.progress_interval_s:
                 self._last_progress[rec.id] = now
-                self._spawn(self._message(rec, PROGRESS_EVENT, event), retry=False)
+                self._send_after_commit(self._message(rec, PROGRESS_EVENT, event), retry=False)
 
     def _message(self, rec: JobRecord, kind: str, event: JobEvent) -> WebhookMessage:
         data = {k: v for k, v in event.as_dict().items() if k not in ("id", "event")}
@@ -212,24 +213,33 @@ class WebhookSender:
         return message
 
     def resume(self) -> int:
-        """Resend the messages a previous router left ``pending``, within their retry window;
-        mark older ones ``failed``. Returns how many were resumed."""
+        """Send the terminal messages a previous router left ``pending``, however long ago: each gets
+        at least one attempt now, and retries while its window lasts. Pending progress messages are
+        superseded and marked ``failed``. A message this sender already has in flight is not sent
+        twice. Returns how many were resumed."""
         resumed = 0
         for message in self.store.webhook_messages(state=DeliveryState.pending):
             rec = self.jobs.get(message.job_id)
-            if rec is None or rec.spec.webhook is None:
+            if rec is None or rec.spec.webhook is None or message.event_type == PROGRESS_EVENT:
                 self.store.set_webhook_state(message.id, DeliveryState.failed)
-            elif message.event_type != PROGRESS_EVENT and time.time() < message.created_at + self.config.retry_for_s:
-                self._spawn(message, retry=True)
+            elif self._spawn(message, retry=True):
                 resumed += 1
-            else:
-                self.store.set_webhook_state(message.id, DeliveryState.failed)
         return resumed
 
-    def _spawn(self, message: WebhookMessage, retry: bool) -> None:
+    def _send_after_commit(self, message: WebhookMessage, retry: bool) -> None:
+        """Deliver once the transaction that stored ``message`` (with its job's change) commits."""
+        self.store.db.on_commit(lambda: self._spawn(message, retry))
+
+    def _spawn(self, message: WebhookMessage, retry: bool) -> bool:
+        """Start delivering ``message`` unless it already is; returns whether it started."""
+        if message.id in self._in_flight:
+            return False
+        self._in_flight.add(message.id)
         task = asyncio.create_task(self._deliver(message, retry))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._in_flight.discard(message.id))
+        return True
 
     async def aclose(self) -> None:
         """Stop delivering (pending messages stay pending in the store for the next router)."""

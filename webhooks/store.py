@@ -48,8 +48,9 @@ class WebhookStore:
             c.executescript(_SCHEMA)
 
     def add_webhook_message(self, message_id: str, job_id: str, event_type: str, payload: str) -> None:
-        """Record a webhook message as ``pending`` before its first attempt."""
-        with self.db.cursor() as c:
+        """Record a webhook message as ``pending`` before its first attempt (inside the caller's
+        transaction, if any: the job engine writes a terminal status and its message as one commit)."""
+        with self.db.write("add_webhook_message", {"job_id": job_id}) as c:
             c.execute(
                 "INSERT INTO webhook_messages (id, job_id, event_type, payload, state, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

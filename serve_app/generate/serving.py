@@ -10,12 +10,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import AdapterNotDeployed, ValidationFailed, VariantNotDeployed
-from jobs.filenames import sanitize_filename
+from jobs.errors import (
+    AdapterNotDeployed,
+    JobNotFound,
+    ServiceError,
+    ValidationFailed,
+    VariantNotDeployed,
+    unwrap,
+)
+from jobs.filenames import caller_filename
 from jobs.inputs import PreparedInputs, remove_inputs
 from jobs.model import (
     DEFAULT_WEBHOOK_EVENTS,
@@ -43,6 +51,10 @@ from webhooks.model import WebhookMessage
 
 #: Longest Idempotency-Key taken, characters (Stripe's limit, which clients are written for).
 MAX_IDEMPOTENCY_KEY = 255
+
+#: Seconds a submit whose router call failed waits for a router to say whether the job was stored:
+#: Serve restarts a dead router in a few seconds (bench/recovery.py measured 8 to 10 s).
+STORED_CHECK_S = 60.0
 
 
 def idempotency(
@@ -195,7 +207,7 @@ class JobService:
             variant=variant.name,
             params=params,
             output_size=Size.parse(media.size),
-            filename=sanitize_filename(req.filename, extension) if req.filename is not None else None,
+            filename=caller_filename(req.filename, extension) if req.filename is not None else None,
             output_format=req.output_format,
             preserve_unmasked=req.preserve_unmasked,
             webhook=webhook,
@@ -263,13 +275,35 @@ class JobService:
             spec = built
         try:
             view = await self.router.submit.remote(spec, key, request_hash)
-        except BaseException:
+        except Exception as exc:
             # Refused (queue full, filename taken): the job does not exist, so neither do its inputs.
-            await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
-            raise
+            # Anything else (the router died): it may have stored the job before dying, so ask.
+            stored = None if isinstance(unwrap(exc), ServiceError) else await self._stored(spec.id)
+            if stored is None:
+                await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
+                raise
+            return stored
         if view.id != spec.id:  # a concurrent twin with the same key won
             await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
         return view
+
+    async def _stored(self, job_id: str) -> JobView | None:
+        """The job as the router has it, or None when it is known not to be stored; asks again while
+        the router restarts, up to STORED_CHECK_S.
+
+        Raises:
+            TimeoutError: the router did not answer in time (the job's inputs are then kept).
+        """
+        deadline = time.monotonic() + STORED_CHECK_S
+        while True:
+            try:
+                return await self.router.status.remote(job_id)
+            except Exception as exc:
+                if isinstance(unwrap(exc), JobNotFound):
+                    return None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the router did not answer for {STORED_CHECK_S:g} s") from exc
+            await asyncio.sleep(0.5)
 
     @staticmethod
     def accepted(view: JobView) -> GenerateAccepted:

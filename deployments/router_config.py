@@ -1,0 +1,22 @@
+"""Settings of the router deployment, built by the app builder (serve_app/app.py) from its arguments."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+
+from jobs.config import DataLayout
+from jobs.engine import EngineConfig
+from webhooks.sender import WebhookConfig
+
+
+class RouterConfig(BaseModel):
+    """Settings of the router deployment, built by the app builder from its arguments."""
+
+    layout: DataLayout = Field(description="Where the job store, inputs, results and fit plans are.")
+    engine: EngineConfig = Field(description="Queue, retention and circuit breaker settings, and slots per variant.")
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Webhook delivery settings.")
+    webhook_secret: SecretStr = Field(description="Standard Webhooks signing secret, 'whsec_' + base64.")
+    fault_file: str | None = Field(
+        default=None,
+        description="The fault switch's file (deployments/faults.py), for the job store's faults; None: none can fire.",
+    )
