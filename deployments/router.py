@@ -38,7 +38,8 @@ DISPATCH_POLL_S = 0.5
 STORE_RETRY_S = 1.0
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+# check_health every 5 s (Serve's default is 10; it replaces a replica after 3 failed checks).
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
 class Router:
     """One replica. Jobs are dispatched in FIFO order per variant, one per free generator replica."""
 
@@ -72,7 +73,7 @@ class Router:
     def check_health(self) -> None:
         """Serve's health check (RouterHealth.check): Serve replaces a router that fails it."""
         self.health.fenced = self.engine.fenced
-        self.health.check()
+        self.health.check(self.webhook_store.db.last_write_ok)  # the database both stores share
 
     # ---- dispatch -----------------------------------------------------------------------------
 
@@ -87,7 +88,6 @@ class Router:
             self._wake.clear()
             try:
                 specs = self.engine.dispatchable(self.watch.ready)
-                self.health.store_ok()
             except Exception as exc:  # the store failed: the jobs stay queued; check_health tracks it
                 self.health.store_failed(exc)
                 self._wake_in(STORE_RETRY_S)
@@ -117,14 +117,15 @@ class Router:
             if not run.canceled:
                 raise
         except Exception as exc:  # every job ends in a terminal state, or goes back to the queue
-            if run.canceled:
+            if run.canceled or run.result is not None:  # a result whose write failed: the settle retries it
                 return
             try:
                 if called:
                     self._wake_in(self.engine.failed(spec.id, exc, replica_died(exc)))
                 else:  # nothing reached a generator (the store failed): back to the front, no attempt spent
                     self.health.store_failed(exc)
-                    self.engine.hand_back(spec.id)
+                    self._wake_in(STORE_RETRY_S)
+                    self.engine.hand_back(spec.id, STORE_RETRY_S)
             except Exception as store_exc:  # the settle below retries until the job's state is written
                 self.health.store_failed(store_exc)
 

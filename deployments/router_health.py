@@ -29,12 +29,12 @@ class RouterHealth:
         self.failing_since = self.failing_since or time.monotonic()
         logger.warning("job store call failed (%r, %d failures so far); trying again", exc, self.store_errors)
 
-    def store_ok(self) -> None:
-        self.failing_since = None
-
-    def check(self) -> None:
+    def check(self, last_write_ok: float | None) -> None:
         """Raises RuntimeError when a loop ended, a newer router holds the job store's lease, or the
-        store has failed for STORE_UNHEALTHY_S seconds."""
+        store has failed for STORE_UNHEALTHY_S seconds without a write going through since
+        (``last_write_ok``: time.monotonic() of the last committed write)."""
+        if self.failing_since is not None and last_write_ok is not None and last_write_ok > self.failing_since:
+            self.failing_since = None
         if any(task.done() for task in self.loops):
             raise RuntimeError("a router loop ended; the router must be replaced")
         if self.fenced:

@@ -476,11 +476,13 @@ class JobEngine:
         )
         return None
 
-    def hand_back(self, job_id: str) -> None:
+    def hand_back(self, job_id: str, pause_s: float) -> None:
         """Put a dispatched job back at the front of its queue without spending an attempt: nothing
-        of it reached a generator (its start could not be written, or the call not be made)."""
+        of it reached a generator (its start could not be written, or the call not be made). Its
+        variant's dispatch pauses ``pause_s`` seconds, so a failing store is not hammered."""
         run = self.running[job_id]
         self.queue.push(job_id, run.spec.variant, front=True)
+        self._paused_until[run.spec.variant] = self.monotonic() + pause_s
         self._update(job_id, status=JobStatus.queued, phase=None, step=0, attempts=max(run.attempts - 1, 0))
 
     def _requeue_first(self, spec: JobSpec) -> None:

@@ -119,6 +119,7 @@ class SqliteDatabase:
         self._depth = 0
         self._committed: list[tuple[str, dict[str, Any]]] = []  # writes whose ``after`` hook waits for the commit
         self._on_commit: list[Callable[[], object]] = []
+        self.last_write_ok: float | None = None  # time.monotonic() of the last committed write
         self.lock = threading.RLock()
         self.connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.connection.row_factory = sqlite3.Row
@@ -159,6 +160,8 @@ class SqliteDatabase:
             self.connection.execute("COMMIT")
             committed, self._committed = self._committed, []
             callbacks, self._on_commit = self._on_commit, []
+            if committed:
+                self.last_write_ok = time.monotonic()
             if self.hooks is not None:
                 for op, fields in committed:
                     self.hooks.after(op, fields)

@@ -115,6 +115,26 @@ def test_a_failing_store_at_a_jobs_start_hands_it_back_and_dispatch_goes_on(race
     assert second["status"] == "success"
 
 
+def test_a_store_that_keeps_failing_gets_the_router_replaced_and_nothing_is_lost(races):
+    pid = races.pid("Router")
+    # Every job-state write fails (the disk is gone), for good: the router's check_health fails
+    # after 30 s of it, Serve replaces the router, and the queued job runs once the disk is back.
+    races.arm({"variant": "router", "kind": "store_error", "op": "update", "times": 1_000_000})
+    job_id = races.submit("queued while the store fails")
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if races.pid("Router") != pid:
+                break
+        except Exception:  # the router is being replaced
+            pass
+        assert time.monotonic() < deadline, "the router was never replaced"
+        time.sleep(1)
+    races.arm()
+    s = races.wait(job_id, timeout=120)
+    assert s["status"] == "success" and s["attempts"] == 1, s
+
+
 def test_a_cancel_after_the_file_is_written_leaves_no_file(races):
     # The result is reported 6 s after its file is complete: the cancel lands in between.
     races.arm({"variant": TI2V, "kind": "slow_result", "hang_s": 6})
