@@ -44,8 +44,10 @@ def test_jobs_survive_random_generator_and_router_kills(ray_serve, tmp_path):
 
             from serve_app.app import build_app
 
-            while not stop.wait(rng.uniform(12, 30)):
-                fault = rng.choice(["Router", f"generator-{TI2V}", "hang", "store_error", "redeploy"])
+            kinds = ["Router", f"generator-{TI2V}", "hang", "store_error", "redeploy"]
+            first = rng.sample(kinds, len(kinds))  # every kind once (in a random order), then at random
+            while not stop.wait(rng.uniform(12, 24)):
+                fault = first.pop() if first else rng.choice(kinds)
                 if fault == "hang":  # a step that never returns: the watchdog ends the job, Serve replaces the replica
                     app.arm({"variant": TI2V, "kind": "hang", "at_step": 1, "hang_s": 3600})
                 elif fault == "store_error":  # the next job-state write fails
