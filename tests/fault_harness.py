@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from deployments.faults import write_faults
 from tests.conftest import TERMINAL
@@ -88,3 +89,16 @@ def check_invariants(d: AppUnderTest, ids: list[str], purged: set[str] = frozens
         assert s["status"] in TERMINAL | {"queued"}, s
         assert sum(job_id[:8] in name for name in files) <= 1, f"job {job_id} wrote more than one file"
     return finals
+
+
+def disarm_after_each(app_fixture: str):
+    """An autouse fixture for a module: after every test that used ``app_fixture`` (an
+    AppUnderTest), its fault switch is disarmed, so no fault outlives its test."""
+
+    @pytest.fixture(autouse=True)
+    def _disarm(request):
+        yield
+        if app_fixture in request.fixturenames:
+            request.getfixturevalue(app_fixture).arm()
+
+    return _disarm

@@ -20,7 +20,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import deploy
-from tests.fault_harness import AppUnderTest, check_invariants
+from tests.fault_harness import AppUnderTest, check_invariants, disarm_after_each
 from tests.media_samples import CHELSEA
 
 TI2V, T2V = "ti2v-5b-tiny", "t2v-a14b-tiny"
@@ -52,11 +52,7 @@ def dura(ray_serve, tmp_path_factory):
     serve.delete(APP)
 
 
-@pytest.fixture(autouse=True)
-def _disarm(request):
-    yield
-    if "dura" in request.fixturenames:
-        request.getfixturevalue("dura").arm()
+_disarm = disarm_after_each("dura")
 
 
 def test_out_of_memory_ends_the_job_with_suggestions_and_the_replica_keeps_serving(dura):

@@ -19,7 +19,7 @@ import pytest
 from jobs.model import GenerationParams, JobSpec
 from model_store.variants import Size, load_variant
 from tests.conftest import deploy
-from tests.fault_harness import AppUnderTest, check_invariants
+from tests.fault_harness import AppUnderTest, check_invariants, disarm_after_each
 from tests.media_samples import CHELSEA
 from tests.webhook_receiver import Receiver
 
@@ -53,11 +53,7 @@ def races(ray_serve, tmp_path_factory):
     serve.delete(APP)
 
 
-@pytest.fixture(autouse=True)
-def _disarm(request):
-    yield
-    if "races" in request.fixturenames:
-        request.getfixturevalue("races").arm()
+_disarm = disarm_after_each("races")
 
 
 def _router():
