@@ -437,7 +437,8 @@ class JobEngine:
             gpu_id=result.gpu_id,
         )
         self.store.record_job_seconds(run.spec.variant, finished - run.started)
-        self._remove_stale_results(job_id, keep=result.filename)
+        if run.attempts > 1:  # only a job that ran before can have an earlier attempt's file
+            self._remove_stale_results(job_id, keep=result.filename)
         self.breakers[run.spec.variant].succeeded()
 
     def failed(self, job_id: str, exc: BaseException, replica_died: bool) -> float | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.filenames import DEFAULT_NAME
+
 
 class ResultFiles:
     """Result files directly under ``folder``; names are the jobs' sanitized file names."""
@@ -28,8 +30,6 @@ class ResultFiles:
 
     def default_named(self) -> list[str]:
         """Names of the finished files here that have a default name (jobs/filenames.py)."""
-        from jobs.filenames import DEFAULT_NAME
-
         return [p.name for p in self.folder.iterdir() if DEFAULT_NAME.match(p.name)]
 
     def age_s(self, filename: str, now: float) -> float:

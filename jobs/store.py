@@ -94,7 +94,8 @@ class StoreHooks(Protocol):
     """Called around every write of a store (fault injection in tests and chaos drills).
 
     ``op`` is the write's name (``insert``, ``update``, ``delete``, ``record_job_seconds``, ...);
-    ``fields`` what an update sets. Whatever ``before`` raises, the write does not happen.
+    ``fields`` what an update sets. Whatever ``before`` raises, the write does not happen;
+    ``after`` runs once the write has committed (after the outermost transaction around it).
     """
 
     def before(self, op: str, fields: dict[str, Any]) -> None: ...

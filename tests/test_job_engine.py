@@ -372,7 +372,11 @@ def test_a_success_removes_its_earlier_attempts_files_and_the_purge_sweeps_stale
     fresh = stale.replace("result_cpu_", "result_gpu0_")
     (spec,) = engine.dispatchable(lambda v: True)
     engine.start(spec.id)
-    (outputs / stale).write_bytes(b"x")
+    engine.failed(spec.id, RuntimeError("replica gone"), replica_died=True)  # its first attempt's replica died...
+    engine.finish(spec.id)
+    (outputs / stale).write_bytes(b"x")  # ...after writing its file (it was draining, say)
+    (spec,) = engine.dispatchable(lambda v: True)
+    engine.start(spec.id)
     (outputs / fresh).write_bytes(b"y")
     engine.succeeded(spec.id, _result(fresh))
     engine.finish(spec.id)
