@@ -178,6 +178,10 @@ class Router:
         """See JobEngine.page."""
         return self.engine.page(after, limit, descending)
 
+    async def load(self) -> dict[str, dict[str, int]]:
+        """See JobEngine.load."""
+        return self.engine.load()
+
     async def lookup(self, prompt: str) -> JobView:
         """See JobEngine.lookup."""
         return self.engine.lookup(prompt)

@@ -199,6 +199,10 @@ class JobEngine:
             raise JobNotFound(f"no job with id {after!r} to list after") from None
         return [self.view(r) for r in records], more
 
+    def load(self) -> dict[str, dict[str, int]]:
+        """Per configured variant: ``{"queued": jobs waiting, "running": jobs on a generator}``."""
+        return {v: {"queued": self.queue.depth(v), "running": len(self._running_of(v))} for v in self.config.slots}
+
     def lookup(self, prompt: str) -> JobView:
         """The newest job submitted with exactly ``prompt``. Raises JobNotFound."""
         rec = self.store.newest_with_prompt(prompt)

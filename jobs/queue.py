@@ -55,6 +55,10 @@ class JobQueue:
         """Queued jobs of ``variant``, next first."""
         return list(self._by_variant.get(variant, ()))
 
+    def depth(self, variant: str) -> int:
+        """How many jobs of ``variant`` are queued."""
+        return len(self._by_variant.get(variant, ()))
+
     def variants(self) -> list[str]:
         """Variants with at least one queued job."""
         return [v for v, line in self._by_variant.items() if line]

@@ -1,4 +1,5 @@
-"""``wan-serve`` command line: model-store chores and launching helpers."""
+"""``wan-serve`` command line: operator commands (model store, config) and, grouped apart, the
+client commands (generate, jobs, server) from ``wan_client``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ from pathlib import Path
 import typer
 import yaml
 
+from wan_client.commands import register as register_client_commands
+
+#: The help panel of the operator commands (the client's are wan_client.commands.CLIENT_PANEL).
+OPERATOR_PANEL = "Operator: run the service"
+
 app = typer.Typer(help="wan-serve: serve Wan 2.2 video models with Ray Serve.", no_args_is_help=True)
 models = typer.Typer(help="Model store: variants and their weights.", no_args_is_help=True)
-app.add_typer(models, name="models")
+app.add_typer(models, name="models", rich_help_panel=OPERATOR_PANEL)
+register_client_commands(app)
 
 
 @models.command("build-tiny")
@@ -215,7 +222,7 @@ def plan_model(
     Console(width=200).print(table)
 
 
-@app.command("render-config")
+@app.command("render-config", rich_help_panel=OPERATOR_PANEL)
 def render_config(
     config: Path = typer.Argument(Path("serve_config.yaml"), help="Ray Serve config file."),
     port: int = typer.Option(8000, help="HTTP port."),

@@ -1,13 +1,18 @@
-"""The HTTP ingress deployment: one FastAPI app (OpenAPI at /docs) made of each API's routes,
-bound to the replica by ``serve.ingress``, plus liveness and readiness."""
+"""The HTTP ingress deployment: one FastAPI app made of each API's routes, bound to the replica by
+``serve.ingress``, plus liveness, readiness and the web studio at ``/``.
+
+The API docs (/docs, /redoc) load Swagger UI and ReDoc from this app, not from a CDN
+(``fastapi_offline`` ships them), so they work on an air-gapped cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -19,11 +24,16 @@ from serve_app import errors
 from serve_app.generate import routes as generate_routes
 from serve_app.generate.routes import GenerateRoutes
 from serve_app.generate.serving import JobService
+from serve_app.studio import routes as studio_routes
+from serve_app.studio.routes import StudioRoutes
+from serve_app.variants import routes as variants_routes
+from serve_app.variants.routes import VariantsRoutes
+from serve_app.variants.serving import VariantsService
 from serve_app.videos import routes as videos_routes
 from serve_app.videos.routes import VideosRoutes
 from serve_app.videos.serving import VideosService
 
-api = FastAPI(
+api = FastAPIOffline(
     title="wan-serve",
     summary="Wan 2.2 video generation over HTTP: submit a prompt, poll progress, download an MP4.",
     version="0.1.0",
@@ -54,14 +64,15 @@ class HealthRoutes:
         return JSONResponse(body, status_code=200 if ready else 503)
 
 
-for _routes in (generate_routes.router, videos_routes.router, probes):
+for _routes in (generate_routes.router, videos_routes.router, variants_routes.router, probes, studio_routes.router):
     api.include_router(_routes)
+studio_routes.mount(api)
 
 
 @serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
-class Ingress(GenerateRoutes, VideosRoutes, HealthRoutes):
-    """Validates requests, forwards them to the router, and serves result files.
+class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, StudioRoutes):
+    """Validates requests, forwards them to the router, serves result files and the web studio.
 
     Args:
         router: the router deployment's handle.
@@ -87,3 +98,4 @@ class Ingress(GenerateRoutes, VideosRoutes, HealthRoutes):
         store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
         self.jobs = JobService(router, variants, default_variant, layout.inputs, webhook_allow_networks, store=store)
         self.videos = VideosService(self.jobs, retention_days)
+        self.catalog = VariantsService(self.jobs, deployed_at=time.time())

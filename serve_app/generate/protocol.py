@@ -74,6 +74,12 @@ class GenerateRequest(BaseModel):
     )
     num_inference_steps: int | None = Field(default=None, ge=1, description="Denoising steps.")
     num_frames: int | None = Field(default=None, ge=1, description="Frames in the video; must be 4k+1 for Wan.")
+    seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Length of the video in seconds instead of num_frames: at the variant's fps, "
+        "rounded to the nearest 4k+1 frame count. Send one of the two.",
+    )
     guidance_scale: float | None = Field(
         default=None, ge=0, le=50, description="Classifier-free guidance scale (the high-noise expert's on A14B)."
     )
@@ -174,6 +180,14 @@ class JobStatusResponse(BaseModel):
     created_at: float = Field(description="Unix seconds.")
     started_at: float | None
     finished_at: float | None
+
+
+class JobList(BaseModel):
+    """GET /jobs: one page of jobs."""
+
+    data: list[JobStatusResponse] = Field(description="The jobs of this page, in the order asked for.")
+    has_more: bool = Field(description="More jobs follow: ask again with after=last_id.")
+    last_id: str | None = Field(description="Id of the last job of this page; null on an empty page.")
 
 
 class WebhookDeliveries(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -24,6 +24,7 @@ from serve_app.generate.protocol import (
     DeleteJobsResult,
     DeleteVideosResult,
     GenerateAccepted,
+    JobList,
     JobStatusResponse,
     VideoInfo,
     WebhookDeliveries,
@@ -85,6 +86,18 @@ class GenerateRoutes:
     async def status(self, job_id: str) -> JobStatusResponse:
         """Status, progress (0..1), ETA, and the file URL once done."""
         return self.jobs.status(await self.router.status.remote(job_id))
+
+    @router.get("/jobs", response_model=JobList, responses=ERROR_RESPONSES)
+    async def list_jobs(
+        self,
+        after: str | None = Query(default=None, description="Id of the last job of the previous page."),
+        limit: int = Query(default=20, ge=1, le=100, description="Jobs per page."),
+        order: Literal["asc", "desc"] = Query(default="desc", description="By submission time."),
+    ) -> JobList:
+        """Every job, newest first by default, a page at a time (``has_more``, ``last_id``)."""
+        views, more = await self.router.page.remote(after, limit, order == "desc")
+        data = [self.jobs.status(v) for v in views]
+        return JobList(data=data, has_more=more, last_id=data[-1].id if data else None)
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobStatusResponse, responses=ERROR_RESPONSES)
     async def cancel(self, job_id: str) -> JobStatusResponse:

@@ -13,7 +13,7 @@ import secrets
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from jobs.errors import (
     AdapterNotDeployed,
@@ -32,6 +32,7 @@ from jobs.model import (
     JobSpec,
     JobView,
     LoraRef,
+    OutputFormat,
     WebhookEvent,
     WebhookSpec,
 )
@@ -75,6 +76,31 @@ def idempotency(
     for upload in uploads or []:
         digest.update(b"\0" + upload.field.encode() + b"\0" + hashlib.sha256(upload.data).digest())
     return key, digest.hexdigest()
+
+
+def output_formats(variant: VariantConfig) -> list[OutputFormat]:
+    """The result formats ``variant`` writes: mp4 for all; webm and png_zip (the mask as alpha) for
+    inpainting (vace) variants only, since only they have a mask."""
+    return list(get_args(OutputFormat)) if variant.task == "vace" else ["mp4"]
+
+
+def frames_for_seconds(variant: VariantConfig, seconds: float) -> int:
+    """``seconds`` of video at the variant's fps, rounded to the nearest 4k+1 frame count.
+
+    Raises:
+        ValidationFailed: not a positive number, or more frames than ``limits.max_num_frames``.
+    """
+    if not seconds > 0:
+        raise ValidationFailed(f"seconds must be a positive number, got {seconds!r}", field="seconds")
+    frames = variant.round_frames(seconds * variant.fps)
+    if frames > variant.limits.max_num_frames:
+        longest = variant.limits.max_num_frames / variant.fps
+        raise ValidationFailed(
+            f"seconds={seconds:g} is {frames} frames at {variant.fps} fps; {variant.name} makes at most "
+            f"{variant.limits.max_num_frames} frames ({longest:g} s)",
+            field="seconds",
+        )
+    return frames
 
 
 class JobService:
@@ -155,14 +181,19 @@ class JobService:
         webhook = self.webhook_spec(req.webhook_url, req.webhook_events)
         loras = self.check_loras(variant, req.loras or [])
         d, limits = variant.defaults, variant.limits
-        if req.output_format != "mp4" and variant.task != "vace":
+        if req.output_format not in output_formats(variant):
             raise ValidationFailed(
                 f"output_format {req.output_format} carries an inpainting mask as alpha; it is for vace variants, "
                 f"and {variant.name} is {variant.task}: use mp4",
                 field="output_format",
             )
-        if req.num_frames is not None:
-            self._check_frames(variant, req.num_frames)
+        num_frames = req.num_frames
+        if req.seconds is not None:
+            if num_frames is not None:
+                raise ValidationFailed("send num_frames or seconds, not both", field="seconds")
+            num_frames = frames_for_seconds(variant, req.seconds)
+        if num_frames is not None:
+            self._check_frames(variant, num_frames)
         steps = req.num_inference_steps if req.num_inference_steps is not None else d.num_inference_steps
         if steps > limits.max_inference_steps:
             raise ValidationFailed(
@@ -179,7 +210,7 @@ class JobService:
         media = prepare_media(
             variant,
             size=req.size,
-            num_frames=req.num_frames,
+            num_frames=num_frames,
             fit=req.fit,
             uploads=uploads or [],
             image_variants=image_variants,

@@ -7,7 +7,6 @@ from __future__ import annotations
 from jobs.errors import ValidationFailed
 from jobs.model import JobStatus, JobView
 from jobs.retention import expires_at
-from model_store.variants import VariantConfig
 from serve_app.generate.protocol import GenerateRequest
 from serve_app.generate.serving import JobService
 from serve_app.media_inputs import Upload
@@ -24,29 +23,6 @@ VIDEO_STATUS = {
 }
 #: Multipart file fields of POST /v1/videos.
 VIDEO_FILE_FIELDS = ("input_reference",)
-
-
-def frames_for_seconds(variant: VariantConfig, seconds: str) -> int:
-    """``seconds`` of video at the variant's fps, rounded to the nearest 4k+1 frame count.
-
-    Raises:
-        ValidationFailed: not a positive number, or more frames than ``limits.max_num_frames``.
-    """
-    try:
-        value = float(seconds)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValidationFailed(f"seconds must be a positive number, got {seconds!r}", field="seconds")
-    frames = variant.round_frames(value * variant.fps)
-    if frames > variant.limits.max_num_frames:
-        longest = variant.limits.max_num_frames / variant.fps
-        raise ValidationFailed(
-            f"seconds={seconds} is {frames} frames at {variant.fps} fps; {variant.name} makes at most "
-            f"{variant.limits.max_num_frames} frames ({longest:g} s)",
-            field="seconds",
-        )
-    return frames
 
 
 class VideosService:
@@ -74,7 +50,7 @@ class VideosService:
         seconds = fields.pop("seconds", None)
         body = {**fields, "variant": variant.name}
         if seconds is not None:
-            body["num_frames"] = frames_for_seconds(variant, str(seconds))
+            body["seconds"] = seconds
         images = [Upload(field="image", data=u.data, filename=u.filename) for u in uploads]
         return validate_model(GenerateRequest, body), images
 

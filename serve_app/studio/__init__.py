@@ -1,0 +1,1 @@
+"""The web studio: plain HTML, CSS and JavaScript modules served by the ingress at ``/``."""

@@ -1,0 +1,41 @@
+"""Routes of the variants API: GET /variants and OpenAI's GET /v1/models.
+
+``VariantsRoutes`` is a base of the ingress deployment (serve_app/ingress.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from ray import serve
+
+from deployments.replica_status import GeneratorStatus, generator_statuses
+from serve_app.variants.protocol import ModelList, VariantList
+from serve_app.variants.serving import VariantsService
+
+router = APIRouter()
+
+
+class VariantsRoutes:
+    """The variants routes. Needs ``catalog`` (a VariantsService) and ``router`` (the router's handle)."""
+
+    catalog: VariantsService
+    router: Any
+
+    async def _statuses(self) -> dict[str, GeneratorStatus]:
+        app_name = serve.get_replica_context().app_name
+        return await asyncio.to_thread(generator_statuses, app_name, sorted(self.catalog.jobs.variants))
+
+    @router.get("/variants", response_model=VariantList)
+    async def variants(self) -> VariantList:
+        """Every deployed variant: task, sizes, frame limits, defaults, uploads it takes, output
+        formats, LoRA adapters, and whether a generator replica runs it."""
+        statuses, load = await asyncio.gather(self._statuses(), self.router.load.remote())
+        return await asyncio.to_thread(self.catalog.catalog, statuses, load)
+
+    @router.get("/v1/models", response_model=ModelList, tags=["openai"])
+    async def models(self) -> ModelList:
+        """OpenAI ``models.list``: each deployed variant, with ``owned_by``, its task and the files it takes."""
+        return self.catalog.models(await self._statuses())
