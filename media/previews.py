@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import zipfile
 from pathlib import Path
 
 import av
@@ -16,8 +17,21 @@ SPRITE_FRAMES, SPRITE_COLUMNS, SPRITE_CELL_WIDTH = 16, 4, 256
 JPEG_QUALITY = 85
 
 
+def _png_names(path: Path) -> list[str] | None:
+    """The frame files of a PNG-zip result (write_png_zip), in order; None when ``path`` is a video."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        return sorted(n for n in archive.namelist() if n.endswith(".png"))
+
+
 def _frames_at(path: Path, wanted: list[int]) -> list[np.ndarray]:
-    """Decode only frames ``wanted`` (indices, sorted) of the first video stream, as (H, W, 3) uint8."""
+    """Decode only frames ``wanted`` (indices, sorted) of the video (or PNG-zip) at ``path``, as
+    (H, W, 3) uint8 RGB."""
+    names = _png_names(path)
+    if names is not None:
+        with zipfile.ZipFile(path) as archive:
+            return [np.asarray(Image.open(io.BytesIO(archive.read(names[i]))).convert("RGB")) for i in wanted]
     out, want = [], set(wanted)
     with av.open(str(path)) as container:
         for i, frame in enumerate(container.decode(container.streams.video[0])):
@@ -29,6 +43,9 @@ def _frames_at(path: Path, wanted: list[int]) -> list[np.ndarray]:
 
 
 def _frame_count(path: Path) -> int:
+    names = _png_names(path)
+    if names is not None:
+        return len(names)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         return stream.frames or sum(1 for _ in container.demux(stream) if _.size)
@@ -41,7 +58,7 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 
 def thumbnail_jpeg(path: Path) -> bytes:
-    """The middle frame of the video at ``path``, full size, as JPEG bytes."""
+    """The middle frame of the result at ``path`` (MP4, WebM or PNG zip), full size, as JPEG bytes."""
     n = _frame_count(path)
     return _jpeg(_frames_at(path, [max(n // 2, 0)])[0])
 

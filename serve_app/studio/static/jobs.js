@@ -16,7 +16,7 @@ export class JobCard {
   /**
    * @param {HTMLTemplateElement} template the card's template
    * @param {object} status the job as GET /status/{id} answers
-   * @param {{onRemix: Function, onDelete: Function, onError: Function}} hooks
+   * @param {{onRemix: Function, onDelete: Function, onFinish: Function, onError: Function}} hooks
    */
   constructor(template, status, hooks) {
     this.el = template.content.firstElementChild.cloneNode(true);
@@ -56,6 +56,7 @@ export class JobCard {
     this.source = null;
     try {
       this.render(await api.status(this.id));
+      this.hooks.onFinish(this.id);
     } catch (err) {
       this.hooks.onError(err);
     }
@@ -90,6 +91,8 @@ export class JobCard {
       const url = api.contentUrl(this.id);
       const video = this.q(".job-video");
       if (s.output_format === "mp4" || s.output_format === "webm" || !s.output_format) {
+        video.poster = api.thumbnailUrl(this.id);
+        video.preload = "metadata";
         video.src = url;
         this.q(".job-result").hidden = false;
       }

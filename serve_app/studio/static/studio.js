@@ -33,6 +33,7 @@ async function openJob(id, focus = true) {
       $("#jobs-empty").hidden = cards.size > 0;
       gallery.load();
     },
+    onFinish: () => gallery.load(),
     onError: showError,
   });
   cards.set(id, card);
