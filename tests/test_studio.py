@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser import browser, only_loopback  # noqa: F401  (fixture)
+from tests.browser import only_loopback
 from tests.conftest import wait_terminal
 from tests.media_samples import CHELSEA, COCKATOO
 

@@ -63,7 +63,7 @@ OnInterrupt = Annotated[
 
 # Wide when piped, so tables keep whole job ids for scripts and logs.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

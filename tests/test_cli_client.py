@@ -1,0 +1,178 @@
+"""The client commands of ``wan-serve`` (generate, jobs, server status), each run as a real
+subprocess against the live app on the tiny twins, as a person or a script would run them."""
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import openai
+import pytest
+
+from tests.conftest import TINY_VARIANTS, wait_terminal
+from tests.media_samples import CHELSEA
+from wan_client.exit_codes import ExitCode
+
+WAN_SERVE = str(Path(sys.executable).parent / "wan-serve")
+TIMEOUT = 300
+
+
+def run(app_url, *args, stdin=None, timeout=TIMEOUT):
+    env = {**os.environ, "WAN_SERVE_URL": app_url}
+    return subprocess.run([WAN_SERVE, *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def _frames(path) -> tuple[np.ndarray, float]:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(stream)]), float(stream.average_rate)
+
+
+def test_generate_shows_progress_and_saves_the_video(app_url, tmp_path, client):
+    out = tmp_path / "cockatoo.mp4"
+    r = run(app_url, "generate", "a cockatoo over the beach", "--size", "1280x720", "--frames", "9", "-o", str(out))
+    assert r.returncode == ExitCode.OK, r.stderr
+    assert r.stdout.strip() == str(out)
+    frames, fps = _frames(out)
+    assert frames.shape == (9, 720, 1280, 3) and fps == 24.0
+    lines = r.stderr.splitlines()
+    assert any("queue position 1" in line for line in lines), r.stderr
+    steps = [line for line in lines if "denoising · step" in line]
+    assert [s.split("step ")[1].split(" ")[0] for s in steps] == ["1/4", "2/4", "3/4", "4/4"]
+    assert lines[-1].endswith("success · 100%")
+    job_id = lines[0].split()[1]
+    assert client.get(f"/status/{job_id}").json()["num_frames"] == 9
+
+
+def test_no_wait_then_watch_then_download_gives_the_same_file(app_url, tmp_path, client):
+    r = run(app_url, "generate", "a lighthouse at dusk", "--no-wait", "--seconds", "0.3")
+    assert r.returncode == ExitCode.OK, r.stderr
+    job_id = r.stdout.strip()
+    assert len(job_id) == 32 and client.get(f"/status/{job_id}").status_code == 200
+
+    watched = run(app_url, "jobs", "watch", job_id, "--json")
+    assert watched.returncode == ExitCode.OK, watched.stderr
+    status = json.loads(watched.stdout)
+    assert status["status"] == "success" and status["num_frames"] == 9  # 0.3 s at 24 fps: 7.2, nearest 4k+1
+    assert "step 4/4" in watched.stderr
+
+    got = run(app_url, "jobs", "download", job_id, "-o", str(tmp_path) + "/")
+    assert got.returncode == ExitCode.OK, got.stderr
+    path = Path(got.stdout.strip())
+    assert path == tmp_path / status["filename"]
+    assert path.read_bytes() == client.get(f"/files/{status['filename']}").content
+
+    listed = json.loads(run(app_url, "jobs", "ls", "--json", "--limit", "100").stdout)
+    assert job_id in [j["id"] for j in listed["data"]]
+    shown = run(app_url, "jobs", "show", job_id)
+    assert shown.returncode == ExitCode.OK and status["filename"] in shown.stdout
+
+    removed = run(app_url, "jobs", "rm", job_id)
+    assert removed.returncode == ExitCode.OK and removed.stdout.strip() == f"removed {job_id}"
+    assert client.get(f"/status/{job_id}").status_code == 404
+    gone = run(app_url, "jobs", "show", job_id)
+    assert gone.returncode == ExitCode.REFUSED and f"no job with id {job_id!r}" in gone.stderr.replace('"', "'")
+
+
+def test_ctrl_c_then_cancel_leaves_the_job_canceled(app_url, client):
+    env = {**os.environ, "WAN_SERVE_URL": app_url}
+    proc = subprocess.Popen([WAN_SERVE, "generate", "a long job to interrupt", "--steps", "400"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = "", time.monotonic() + TIMEOUT
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while "step 2/400" not in seen and time.monotonic() < deadline:
+            if sel.select(timeout=1):
+                seen += os.read(proc.stderr.fileno(), 65536).decode()
+    assert "step 2/400" in seen, seen
+    job_id = seen.split()[1]
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate("cancel\n", timeout=TIMEOUT)
+    assert proc.returncode == ExitCode.CANCELED, stderr
+    assert "Cancel the job, or leave it running?" in stderr and "canceled by request" in stderr
+    assert client.get(f"/status/{job_id}").json()["status"] == "canceled"
+
+
+def test_ctrl_c_can_leave_the_job_running(app_url, client):
+    env = {**os.environ, "WAN_SERVE_URL": app_url}
+    proc = subprocess.Popen([WAN_SERVE, "generate", "left running", "--steps", "30", "--on-interrupt", "leave"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = "", time.monotonic() + TIMEOUT
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while "step 1/30" not in seen and time.monotonic() < deadline:
+            if sel.select(timeout=1):
+                seen += os.read(proc.stderr.fileno(), 65536).decode()
+    job_id = seen.split()[1]
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == ExitCode.INTERRUPTED and f"wan-serve jobs watch {job_id}" in stderr
+    assert wait_terminal(client, job_id)[-1]["status"] == "success"  # it went on without the client
+
+
+def test_a_refused_request_exits_with_the_services_message(app_url):
+    r = run(app_url, "generate", "six frames", "--frames", "6")
+    assert r.returncode == ExitCode.REFUSED
+    assert "num_frames must be 4k+1" in r.stderr and "try 5" in r.stderr and "[validation_error]" in r.stderr
+    r = run(app_url, "generate", "x", "--variant", "sora-2")
+    assert r.returncode == ExitCode.REFUSED and "deployed: " in r.stderr and "[variant_not_found]" in r.stderr
+    r = run("http://127.0.0.1:9", "server", "status")  # nothing listens on the discard port
+    assert r.returncode == ExitCode.UNREACHABLE and "no answer from http://127.0.0.1:9" in r.stderr
+
+
+def test_image_to_video_with_a_photo(app_url, tmp_path, client):
+    r = run(app_url, "generate", "the cat turns its head", "--variant", "i2v-a14b-tiny", "--image", str(CHELSEA),
+            "--json", "-o", str(tmp_path))
+    assert r.returncode == ExitCode.OK, r.stderr
+    status = json.loads(r.stdout)
+    assert status["status"] == "success" and status["inputs"]["image"]["width"] == 451
+    frames, fps = _frames(status["path"])
+    assert frames.shape == (5, 480, 832, 3) and fps == 16.0  # landscape photo: 832x480, i2v's first landscape size
+
+
+def test_server_status_lists_variants_and_queues(app_url):
+    r = run(app_url, "server", "status", "--json")
+    assert r.returncode == ExitCode.OK, r.stderr
+    body = json.loads(r.stdout)
+    assert body["ready"] is True and body["default_variant"] == "ti2v-5b-tiny"
+    assert [v["name"] for v in body["variants"]] == TINY_VARIANTS
+    assert all(v["readiness"]["ready"] and v["readiness"]["running_replicas"] == 1 for v in body["variants"])
+    table = run(app_url, "server", "status")
+    assert table.returncode == ExitCode.OK and "ready" in table.stdout.splitlines()[0]
+    assert all(name in table.stdout for name in TINY_VARIANTS)
+
+
+def test_variants_and_openai_models_list(app_url, client):
+    oa = openai.OpenAI(base_url=f"{app_url}/v1", api_key="not-checked", max_retries=0)
+    models = list(oa.models.list())
+    assert [m.id for m in models] == TINY_VARIANTS
+    assert all(m.object == "model" and m.owned_by == "wan-serve" and m.created > 0 for m in models)
+    assert {m.id: m.task for m in models} == {"ti2v-5b-tiny": "ti2v", "t2v-a14b-tiny": "t2v",
+                                               "i2v-a14b-tiny": "i2v", "vace-14b-tiny": "vace"}
+
+    catalog = client.get("/variants").json()
+    by_name = {v["name"]: v for v in catalog["variants"]}
+    assert by_name["vace-14b-tiny"]["uploads"] == {"required": ["video", "mask"], "optional": ["reference_images"]}
+    assert by_name["vace-14b-tiny"]["output_formats"] == ["mp4", "webm", "png_zip"]
+    assert by_name["i2v-a14b-tiny"]["uploads"] == {"required": ["image"], "optional": ["last_image"]}
+    assert by_name["ti2v-5b-tiny"]["sizes"] == ["1280x720", "720x1280"] and by_name["ti2v-5b-tiny"]["fps"] == 24
+    assert by_name["t2v-a14b-tiny"]["experts"] == 2 and by_name["ti2v-5b-tiny"]["experts"] == 1
+    ti2v = by_name["ti2v-5b-tiny"]
+    assert ti2v["max_seconds"] == pytest.approx(ti2v["max_num_frames"] / 24, abs=1e-3)
+    assert ti2v["defaults"]["num_inference_steps"] == 4 and ti2v["frame_rule"] == "4k+1"
+
+
+def test_seconds_on_generate(client):
+    r = client.post("/generate", json={"prompt": "x", "seconds": 0.3, "num_frames": 9})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "send num_frames or seconds, not both"
+    r = client.post("/generate", json={"prompt": "x", "seconds": 60})
+    assert r.status_code == 422 and "at most 33 frames" in r.json()["error"]["message"]
+    job = client.post("/generate", json={"prompt": "a short one", "seconds": 0.01}).json()
+    assert client.get(f"/status/{job['id']}").json()["num_frames"] == 1  # rounded to the nearest 4k+1
+    assert wait_terminal(client, job["id"])[-1]["status"] == "success"
