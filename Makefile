@@ -4,10 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 DASHBOARD_PORT ?= 8265
+METRICS_PORT ?= 8080
 STAMP := $(VENV)/.installed-stamp
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install tiny serve lint format test soak test-gpu bench bench-recovery bench-memory clean
+.PHONY: install tiny browser serve lint format test soak test-gpu bench bench-recovery bench-memory clean
 
 # torch is pinned and installed first: this machine has a CPU wheel of torch 2.13.0 on disk,
 # and an unpinned torch would pull several GB of CUDA packages.
@@ -23,14 +24,25 @@ install: $(STAMP)
 tiny: $(STAMP)
 	$(VENV)/bin/wan-serve models build-tiny
 
-# Ray (with its dashboard on 127.0.0.1:$(DASHBOARD_PORT)) and the app on 127.0.0.1:$(PORT), in the foreground.
+# Debian's chromium, for the studio and /docs tests: Playwright drives it and never downloads a browser.
+browser:
+	@command -v chromium >/dev/null || { \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get install -y chromium || { $$sudo apt-get update && $$sudo apt-get install -y chromium; }; }
+
+# Ray (its dashboard on 127.0.0.1:$(DASHBOARD_PORT), its Prometheus metrics on :$(METRICS_PORT)) and the
+# app on 127.0.0.1:$(PORT), in the foreground. When every variant is ready, one line says where things are.
 serve: tiny
 	$(VENV)/bin/wan-serve render-config serve_config.yaml --port $(PORT) --out .run/serve_config.yaml
 	@started=0; \
 	if $(VENV)/bin/ray start --head --include-dashboard=true --dashboard-host=127.0.0.1 \
-	     --dashboard-port=$(DASHBOARD_PORT) --disable-usage-stats; then started=1; \
+	     --dashboard-port=$(DASHBOARD_PORT) --metrics-export-port=$(METRICS_PORT) --disable-usage-stats; then \
+	  started=1; \
 	else echo "ray start failed; using the Ray cluster that is already running"; fi; \
-	trap '[ $$started = 1 ] && $(VENV)/bin/ray stop' EXIT; \
+	$(VENV)/bin/wan-serve server wait --server http://127.0.0.1:$(PORT) \
+	  --dashboard http://127.0.0.1:$(DASHBOARD_PORT) --metrics http://127.0.0.1:$(METRICS_PORT)/metrics & \
+	waiter=$$!; \
+	trap 'kill $$waiter 2>/dev/null; [ $$started = 1 ] && $(VENV)/bin/ray stop' EXIT; \
 	$(VENV)/bin/serve run --address auto .run/serve_config.yaml
 
 # ruff (lint, and the format check) and mypy, configured in pyproject.toml; `make test` runs it first.
@@ -43,7 +55,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint tiny
+test: lint tiny browser
 	$(PY) -m pytest -m "not soak" --durations=25 tests
 
 soak: tiny

@@ -398,6 +398,35 @@ def server_status(
         raise typer.Exit(ExitCode.NOT_READY)
 
 
+@server_app.command("wait")
+@reports_errors
+def server_wait(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 900.0,
+    dashboard: Annotated[str | None, typer.Option(help="Ray dashboard URL, for the ready line.")] = None,
+    metrics: Annotated[str | None, typer.Option(help="Metrics URL, for the ready line.")] = None,
+    server: Server = DEFAULT_SERVER,
+    api_key: ApiKey = None,
+) -> None:
+    """Wait until every variant has a running replica, then print one line: where the studio, the
+    API docs, the Ray dashboard and the metrics are. Exit 6 if not ready within TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    with WanServeClient(server, api_key) as client:
+        while True:
+            try:
+                if client.ready()[0]:
+                    break
+            except (ServiceUnavailable, ServiceRefused):
+                pass  # not listening yet, or the proxy has no route to the app yet (404)
+            if time.monotonic() > deadline:
+                err.print(f"{client.server} is not ready after {timeout:g} s", markup=False, highlight=False)
+                raise typer.Exit(ExitCode.NOT_READY)
+            time.sleep(1.0)
+    parts = [f"studio {client.server}/", f"API docs {client.server}/docs"]
+    parts += [f"Ray dashboard {dashboard}"] if dashboard else []
+    parts += [f"metrics {metrics}"] if metrics else []
+    out.print(f"wan-serve is ready · {' · '.join(parts)}", style="bold green", markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the ``wan-serve`` app, under their own help panel."""
     app.command("generate", rich_help_panel=CLIENT_PANEL)(generate)

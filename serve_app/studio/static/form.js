@@ -43,7 +43,7 @@ export class JobForm {
     const size = this.$("#size");
     size.replaceChildren();
     const takesFiles = v.uploads.required.length + v.uploads.optional.length > 0;
-    if (takesFiles) size.append(new Option(`Default (the upload's orientation, else ${v.sizes[0]})`, ""));
+    if (takesFiles) size.append(new Option("Auto (from the upload)", ""));
     for (const s of v.sizes) size.append(new Option(s.replace("x", " × "), s));
     const d = v.defaults;
     this.$("#num_inference_steps").value = d.num_inference_steps;
