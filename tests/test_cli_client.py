@@ -28,6 +28,12 @@ def run(app_url, *args, stdin=None, timeout=TIMEOUT):
     return subprocess.run([WAN_SERVE, *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
+def _interruptible():
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt as in a
+    terminal (a shell's background job, such as a CI run started with &, starts with it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _frames(path) -> tuple[np.ndarray, float]:
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
@@ -83,7 +89,8 @@ def test_no_wait_then_watch_then_download_gives_the_same_file(app_url, tmp_path,
 def test_ctrl_c_then_cancel_leaves_the_job_canceled(app_url, client):
     env = {**os.environ, "WAN_SERVE_URL": app_url}
     proc = subprocess.Popen([WAN_SERVE, "generate", "a long job to interrupt", "--steps", "400"], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)
     seen, deadline = "", time.monotonic() + TIMEOUT
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stderr, selectors.EVENT_READ)
@@ -102,7 +109,7 @@ def test_ctrl_c_then_cancel_leaves_the_job_canceled(app_url, client):
 def test_ctrl_c_can_leave_the_job_running(app_url, client):
     env = {**os.environ, "WAN_SERVE_URL": app_url}
     proc = subprocess.Popen([WAN_SERVE, "generate", "left running", "--steps", "30", "--on-interrupt", "leave"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     seen, deadline = "", time.monotonic() + TIMEOUT
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stderr, selectors.EVENT_READ)
@@ -176,3 +183,96 @@ def test_seconds_on_generate(client):
     job = client.post("/generate", json={"prompt": "a short one", "seconds": 0.01}).json()
     assert client.get(f"/status/{job['id']}").json()["num_frames"] == 1  # rounded to the nearest 4k+1
     assert wait_terminal(client, job["id"])[-1]["status"] == "success"
+
+
+class DroppingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the app that cuts the first ``drops`` event streams
+    (GET .../events) right after forwarding a chunk with at least two events in it, as a proxy
+    with an idle timeout or a flaky network would. Records each event request's Last-Event-ID."""
+
+    def __init__(self, upstream_port: int, drops: int = 2):
+        import socket
+        import threading
+
+        self.upstream_port, self.drops = upstream_port, drops
+        self.last_event_ids: list[str | None] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    def _pipe(self, client, upstream):
+        import threading
+
+        request = client.recv(65536)
+        head = request.split(b"\r\n\r\n")[0].decode("latin-1")
+        is_events = head.split(" ")[1].endswith("/events") if " " in head else False
+        cut = False
+        if is_events:
+            ids = [line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.lower().startswith("last-event-id:")]
+            with self.lock:
+                self.last_event_ids.append(ids[0] if ids else None)
+                cut = self.drops > 0
+                self.drops -= cut
+        upstream.sendall(request)
+
+        def back():
+            seen = 0
+            try:
+                while chunk := upstream.recv(65536):
+                    client.sendall(chunk)
+                    seen += chunk.count(b"\nevent: ") + chunk.startswith(b"event: ")
+                    if cut and seen >= 2:
+                        break
+            except OSError:
+                pass
+            for s in (client, upstream):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+        threading.Thread(target=back, daemon=True).start()
+        try:
+            while data := client.recv(65536):
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.server.close()
+
+
+def test_a_dropped_event_stream_resumes_with_last_event_id(app_url, client):
+    from urllib.parse import urlsplit
+
+    from wan_client.api import WanServeClient
+
+    url = urlsplit(app_url)
+    proxy = DroppingProxy(url.port, drops=2)
+    try:
+        job = client.post("/generate", json={"prompt": "through a flaky network", "num_inference_steps": 8}).json()
+        with WanServeClient(f"http://127.0.0.1:{proxy.port}{url.path}") as flaky:
+            events = list(flaky.events(job["id"]))
+    finally:
+        proxy.close()
+    ids = [e.id for e in events]
+    assert ids == list(range(1, len(ids) + 1))  # every event once, in order, across the drops
+    assert events[-1].kind == "terminal" and events[-1].data["status"] == "success"
+    assert [e.data["step"] for e in events if e.kind == "step"] == list(range(1, 9))
+    # Three requests: the first without Last-Event-ID, each later one resuming after the last event it got.
+    assert len(proxy.last_event_ids) == 3 and proxy.last_event_ids[0] is None
+    resumed = [int(i) for i in proxy.last_event_ids[1:]]
+    assert resumed[0] >= 2 and resumed[1] > resumed[0]
