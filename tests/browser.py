@@ -22,8 +22,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def browser():
+def chromium():
+    """Yields a launched headless Chromium, closed afterwards. For a module-scoped fixture: the
+    Playwright sync API marks an asyncio loop as running in this thread while it is open, which
+    would break later tests that call ``asyncio.run``."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed; `make test` installs it (make browser)")
     from playwright.sync_api import sync_playwright

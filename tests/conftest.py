@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from model_store.tiny_twin import ensure_tiny_twins
-from tests.browser import browser  # noqa: F401  (a fixture: headless Debian chromium)
 
 TINY = "ti2v-5b-tiny"
 TINY_VARIANTS = ["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny"]

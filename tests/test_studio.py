@@ -11,13 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser import only_loopback
+from tests.browser import chromium, only_loopback
 from tests.conftest import wait_terminal
 from tests.media_samples import CHELSEA, COCKATOO
 
 JOB_TIMEOUT_MS = 180_000
 # The studio's Content-Security-Policy forbids eval: the waits below pass functions, never
 # expression strings (Playwright evaluates those with eval).
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium()
 
 
 @pytest.fixture
