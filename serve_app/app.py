@@ -143,6 +143,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         default_variant=args.default_variant or args.variants[0],
         layout=layout,
         webhook_allow_networks=args.webhooks.allow_networks,
+        webhook_allow_ports=args.webhooks.allow_ports,
         retention_days=retention.retention_days,
         model_dir=str(store.model_dir),
     )

@@ -78,7 +78,8 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         router: the router deployment's handle.
         variants: the deployed variants by name; ``default_variant`` for requests naming none.
         layout: the data folder (uploads are saved to its ``inputs``, files served from its ``outputs``).
-        webhook_allow_networks: networks the webhook SSRF guard admits.
+        webhook_allow_networks: networks the webhook SSRF guard admits; webhook_allow_ports the
+            ports it admits for public receivers (default 80, 443).
         retention_days: sets ``expires_at`` of /v1/videos objects; None: kept until deleted.
         model_dir: the model store (LoRA adapters); None: WAN_SERVE_MODEL_DIR or ./models.
     """
@@ -90,12 +91,21 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         default_variant: str,
         layout: DataLayout,
         webhook_allow_networks: list[str] | None = None,
+        webhook_allow_ports: list[int] | None = None,
         retention_days: float | None = None,
         model_dir: str | None = None,
     ) -> None:
         self.router = router
         self.layout = layout
         store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
-        self.jobs = JobService(router, variants, default_variant, layout.inputs, webhook_allow_networks, store=store)
+        self.jobs = JobService(
+            router,
+            variants,
+            default_variant,
+            layout.inputs,
+            webhook_allow_networks,
+            store=store,
+            webhook_allow_ports=webhook_allow_ports,
+        )
         self.videos = VideosService(self.jobs, retention_days)
         self.catalog = VariantsService(self.jobs, deployed_at=time.time())

@@ -86,18 +86,25 @@ def test_no_wait_then_watch_then_download_gives_the_same_file(app_url, tmp_path,
     assert gone.returncode == ExitCode.REFUSED and f"no job with id {job_id!r}" in gone.stderr.replace('"', "'")
 
 
-def test_ctrl_c_then_cancel_leaves_the_job_canceled(app_url, client):
+def _start_until(app_url, args, marker, **popen):
+    """Start ``wan-serve ARGS`` and read its stderr until ``marker`` shows; returns the process and
+    what it printed so far."""
     env = {**os.environ, "WAN_SERVE_URL": app_url}
-    proc = subprocess.Popen([WAN_SERVE, "generate", "a long job to interrupt", "--steps", "400"], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_interruptible)
+    proc = subprocess.Popen([WAN_SERVE, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible, **popen)
     seen, deadline = "", time.monotonic() + TIMEOUT
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stderr, selectors.EVENT_READ)
-        while "step 2/400" not in seen and time.monotonic() < deadline:
+        while marker not in seen and time.monotonic() < deadline:
             if sel.select(timeout=1):
                 seen += os.read(proc.stderr.fileno(), 65536).decode()
-    assert "step 2/400" in seen, seen
+    assert marker in seen, seen
+    return proc, seen
+
+
+def test_ctrl_c_then_cancel_leaves_the_job_canceled(app_url, client):
+    proc, seen = _start_until(app_url, ["generate", "a long job to interrupt", "--steps", "400"], "step 2/400",
+                              stdin=subprocess.PIPE)
     job_id = seen.split()[1]
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate("cancel\n", timeout=TIMEOUT)
@@ -107,15 +114,8 @@ def test_ctrl_c_then_cancel_leaves_the_job_canceled(app_url, client):
 
 
 def test_ctrl_c_can_leave_the_job_running(app_url, client):
-    env = {**os.environ, "WAN_SERVE_URL": app_url}
-    proc = subprocess.Popen([WAN_SERVE, "generate", "left running", "--steps", "30", "--on-interrupt", "leave"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
-    seen, deadline = "", time.monotonic() + TIMEOUT
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stderr, selectors.EVENT_READ)
-        while "step 1/30" not in seen and time.monotonic() < deadline:
-            if sel.select(timeout=1):
-                seen += os.read(proc.stderr.fileno(), 65536).decode()
+    proc, seen = _start_until(app_url, ["generate", "left running", "--steps", "30", "--on-interrupt", "leave"],
+                              "step 1/30")
     job_id = seen.split()[1]
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=TIMEOUT)

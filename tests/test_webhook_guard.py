@@ -9,6 +9,7 @@ import ipaddress
 import pytest
 
 from webhooks.guard import (
+    embedded_ipv4,
     WebhookHostUnresolved,
     WebhookRefused,
     address_kind,
@@ -105,9 +106,58 @@ def test_unresolvable_name_is_its_own_refusal():
 
 def test_public_name_is_admitted_and_pinned_to_its_first_address():
     dns = FakeResolver({"hooks.example.com": ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]})
-    target = check_webhook_url("https://hooks.example.com:8443/a?b=1", resolve=dns)
+    target = check_webhook_url("https://hooks.example.com/a?b=1", resolve=dns)
     assert (target.scheme, target.host, target.port, target.address) == (
-        "https", "hooks.example.com", 8443, "93.184.215.14")
+        "https", "hooks.example.com", 443, "93.184.215.14")
+
+
+def test_ports_beyond_80_and_443_need_the_operator():
+    dns = FakeResolver({"hooks.example.com": ["93.184.215.14"], "receiver.svc.cluster.local": ["10.20.3.4"]})
+    with pytest.raises(WebhookRefused, match="port 8443; webhooks go to ports 80, 443") as info:
+        check_webhook_url("https://hooks.example.com:8443/a", resolve=dns)
+    assert "webhooks.allow_ports" in info.value.message
+    with pytest.raises(WebhookRefused, match="port 6379"):
+        check_webhook_url("http://hooks.example.com:6379/", resolve=dns)
+    assert check_webhook_url("http://hooks.example.com:80/", resolve=dns).port == 80
+    target = check_webhook_url("https://hooks.example.com:8443/a", resolve=dns, allow_ports=[443, 8443])
+    assert (target.port, target.address) == (8443, "93.184.215.14")
+    # A receiver inside allow_networks is the operator's own: any port.
+    assert check_webhook_url("http://receiver.svc.cluster.local:9000/h", ["10.20.0.0/16"], dns).port == 9000
+
+
+@pytest.mark.parametrize("literal, kind", [
+    ("64:ff9b::7f00:1", "loopback"),            # NAT64 of 127.0.0.1
+    ("64:ff9b::a00:1", "private"),              # NAT64 of 10.0.0.1
+    ("64:ff9b::a9fe:a9fe", "cloud metadata"),   # NAT64 of 169.254.169.254
+    ("2002:7f00:1::", "loopback"),              # 6to4 of 127.0.0.1
+    ("2002:a9fe:a9fe::1", "cloud metadata"),    # 6to4 of 169.254.169.254
+    ("2002:c0a8:101::", "private"),             # 6to4 of 192.168.1.1
+    ("::7f00:1", "loopback"),                   # IPv4-compatible ::127.0.0.1
+    ("::a00:1", "private"),                     # IPv4-compatible ::10.0.0.1
+    ("::ffff:a9fe:a9fe", "cloud metadata"),     # IPv4-mapped
+])
+def test_ipv6_forms_that_carry_an_ipv4_address_are_judged_by_it(literal, kind):
+    assert address_kind(ipaddress.ip_address(literal)) == kind
+    with pytest.raises(WebhookRefused, match=kind):
+        check_webhook_url(f"http://[{literal}]/hook")
+    dns = FakeResolver({"sneaky.example.com": ["93.184.215.14", literal]})  # the same form from DNS
+    with pytest.raises(WebhookRefused, match=kind):
+        check_webhook_url("https://sneaky.example.com/hook", resolve=dns)
+
+
+def test_public_ipv4_through_nat64_or_6to4_is_admitted_and_plain_ipv6_is_not_unwrapped():
+    assert embedded_ipv4(ipaddress.ip_address("64:ff9b::5db8:d70e")) == ipaddress.ip_address("93.184.215.14")
+    assert check_webhook_url("https://[64:ff9b::5db8:d70e]/hook").address == "64:ff9b::5db8:d70e"
+    assert embedded_ipv4(ipaddress.ip_address("2002:5db8:d70e::1")) == ipaddress.ip_address("93.184.215.14")
+    assert embedded_ipv4(ipaddress.ip_address("::1")) is None and embedded_ipv4(ipaddress.ip_address("::")) is None
+    assert embedded_ipv4(ipaddress.ip_address("2606:2800:21f:cb07:6820:80da:af6b:8b2c")) is None
+
+
+def test_ipv4_mapped_forms_match_ipv4_allowlist_entries():
+    target = check_webhook_url("http://[::ffff:10.20.3.4]:9000/h", ["10.20.0.0/16"])
+    assert target.address == "::ffff:a14:304" and target.port == 9000
+    with pytest.raises(WebhookRefused, match="private"):
+        check_webhook_url("http://[::ffff:10.21.0.1]/h", ["10.20.0.0/16"])
 
 
 def test_allow_networks_admits_exactly_the_listed_networks():

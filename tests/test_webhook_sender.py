@@ -209,3 +209,48 @@ def test_secret_is_created_once_with_mode_0600_and_checked(tmp_path):
     for bad in ("whsec_not base64!", "whsec_" + "QUJD"):  # not base64; 3 bytes
         with pytest.raises(ValueError):
             check_secret(bad)
+
+
+def test_a_receiver_that_dribbles_its_answer_is_cut_at_the_attempt_deadline(tmp_path):
+    """A receiver on 127.0.0.1 that sends its status line one byte every 0.2 s: each byte would
+    restart a per-read timeout, so only a deadline on the whole attempt stops it."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def dribble():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n":
+                if stop.wait(0.2):
+                    break
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    break
+            conn.close()
+
+    threading.Thread(target=dribble, daemon=True).start()
+    store, hooks = _stores(tmp_path)
+    rec = _job(store, f"http://127.0.0.1:{server.getsockname()[1]}/hook")
+    try:
+        async def go():
+            sender = WebhookSender(_config(timeout_s=1.0, retry_for_s=0.5), SECRET, store, hooks)
+            sender.notify(rec, _event(rec))
+            await _settle(sender)
+            await sender.aclose()
+        _run(go())
+    finally:
+        stop.set()
+        server.close()
+    (message,) = hooks.webhook_messages(rec.id)
+    assert message.state == "failed"
+    first = message.attempts[0]
+    # The whole answer would take 8 s; the attempt ended at its 1 s deadline.
+    assert first.status_code is None and "no answer within 1 s" in first.error and first.duration_s < 1.5

@@ -36,6 +36,7 @@ from jobs.events import JobEvent
 from jobs.model import JobRecord, JobStatus, file_url
 from jobs.store import JobStore
 from webhooks.guard import (
+    DEFAULT_WEBHOOK_PORTS,
     Resolver,
     WebhookHostUnresolved,
     WebhookRefused,
@@ -73,7 +74,17 @@ class WebhookConfig(BaseModel):
         description="CIDR networks webhooks may reach although they are not public (loopback, private, "
         "link-local), e.g. ['10.20.0.0/16'] for an in-cluster receiver. Empty: public addresses only.",
     )
-    timeout_s: float = Field(default=10.0, gt=0, description="Seconds one attempt waits for the receiver's answer.")
+    allow_ports: list[int] = Field(
+        default=list(DEFAULT_WEBHOOK_PORTS),
+        description="Ports a webhook URL may name for a public receiver; a receiver inside allow_networks "
+        "may use any port. Default: 80 and 443.",
+    )
+    timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds one attempt may take in all (connect, send, and the receiver's status line "
+        "and headers): a receiver that dribbles its answer byte by byte is cut off at this deadline.",
+    )
     retry_for_s: float = Field(
         default=300.0,
         ge=0,
@@ -306,9 +317,12 @@ class WebhookSender:
         delivered = retryable = False
         try:
             # Checked again at every attempt, and the connection pinned to the address checked.
-            target = await asyncio.to_thread(check_webhook_url, url, self.config.allow_networks, self._resolve)
+            target = await asyncio.to_thread(
+                check_webhook_url, url, self.config.allow_networks, self._resolve, self.config.allow_ports
+            )
             result.address = target.address
-            result.status_code = status = await self._post(target, message)
+            # httpx's timeout is per read; the attempt as a whole gets timeout_s.
+            result.status_code = status = await asyncio.wait_for(self._post(target, message), self.config.timeout_s)
             delivered = 200 <= status < 300
             if not delivered:
                 retryable = status in RETRY_STATUS
@@ -319,7 +333,7 @@ class WebhookSender:
             retryable, result.error = True, exc.message
         except WebhookRefused as exc:
             result.error = exc.message
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, asyncio.TimeoutError):
             retryable, result.error = True, f"no answer within {self.config.timeout_s:g} s"
         except httpx.TransportError as exc:
             retryable, result.error = True, f"could not connect ({type(exc).__name__})"

@@ -47,7 +47,7 @@ from serve_app.generate.protocol import (
     WebhookDeliveries,
 )
 from serve_app.media_inputs import Upload, prepare_media
-from webhooks.guard import Resolver, check_webhook_url, system_resolve
+from webhooks.guard import DEFAULT_WEBHOOK_PORTS, Resolver, check_webhook_url, system_resolve
 from webhooks.model import WebhookMessage
 
 #: Longest Idempotency-Key taken, characters (Stripe's limit, which clients are written for).
@@ -111,7 +111,8 @@ class JobService:
         router: the router deployment's handle (or any object with its methods' ``.remote``).
         variants: the deployed variants by name; ``default_variant`` for requests naming none.
         inputs_root: where this ingress saves a job's decoded uploads (the data layout's ``inputs``).
-        webhook_allow_networks: networks the SSRF guard admits; ``resolve`` its resolver.
+        webhook_allow_networks: networks the SSRF guard admits; ``webhook_allow_ports`` the ports
+            it admits for public receivers; ``resolve`` its resolver.
         store: the model store (LoRA adapters).
     """
 
@@ -123,6 +124,7 @@ class JobService:
         inputs_root: Path,
         webhook_allow_networks: list[str] | None = None,
         resolve: Resolver = system_resolve,
+        webhook_allow_ports: list[int] | None = None,
         store: StoreSettings | None = None,
     ) -> None:
         self.router = router
@@ -131,6 +133,7 @@ class JobService:
         self.variants = variants
         self.default_variant = default_variant
         self.webhook_allow_networks = list(webhook_allow_networks or [])
+        self.webhook_allow_ports = list(webhook_allow_ports or DEFAULT_WEBHOOK_PORTS)
         self.resolve = resolve
 
     def webhook_spec(self, url: str | None, events: list[WebhookEvent] | None) -> WebhookSpec | None:
@@ -148,7 +151,7 @@ class JobService:
             raise ValidationFailed(
                 "webhook_events is empty; leave it out for the terminal events", field="webhook_events"
             )
-        check_webhook_url(url, self.webhook_allow_networks, self.resolve)
+        check_webhook_url(url, self.webhook_allow_networks, self.resolve, self.webhook_allow_ports)
         return WebhookSpec(url=url, events=list(dict.fromkeys(events)) if events else list(DEFAULT_WEBHOOK_EVENTS))
 
     def variant_for(self, name: str | None) -> VariantConfig:
