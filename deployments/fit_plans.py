@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from jobs.config import make_private_dir
 from jobs.errors import RequestTooLarge
 from jobs.model import JobSpec
 from model_store.fit_check import FitPlan, gib
@@ -18,7 +19,7 @@ from model_store.fit_check import FitPlan, gib
 
 def write_fit_plan(plan: FitPlan, fit_dir: Path) -> Path:
     """Write ``plan`` to ``fit_dir/<variant>.json`` atomically (a temporary file renamed over it)."""
-    fit_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(fit_dir)
     path = fit_dir / f"{plan.variant}.json"
     fd, tmp = tempfile.mkstemp(dir=fit_dir, prefix=f".{plan.variant}.")
     with os.fdopen(fd, "w") as f:

@@ -8,6 +8,28 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+#: Modes of what the service creates under its data folder: the jobs' prompts, uploads, results
+#: and the webhook secret are the callers', so only the service's own user may read them.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create folder ``path`` and each missing parent with mode 0700; folders that exist keep
+    their mode (an operator's choice). Returns ``path``.
+
+    Raises:
+        OSError: a parent is not writable, or a file stands where a folder should.
+    """
+    target = Path(path)
+    missing, folder = [], target
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        each.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+    return target
+
 
 class DataLayout(BaseModel):
     """Where the service keeps its state under one data folder (WAN_SERVE_DATA_DIR, default ./var)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.config import make_private_dir
 from jobs.filenames import DEFAULT_NAME
 
 
@@ -12,7 +13,7 @@ class ResultFiles:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.folder)
 
     def path(self, filename: str) -> Path:
         """Where ``filename`` is (or would be) written."""

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from jobs.config import make_private_dir
+
 
 class JobInputs(BaseModel):
     """Where a job's prepared inputs are, and which ones it has."""
@@ -56,7 +58,7 @@ class PreparedInputs:
         folder = Path(folder)
         if folder.exists():
             raise FileExistsError(f"input folder already exists: {folder.name}")
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             for name in ("image", "last_image", "video", "mask"):

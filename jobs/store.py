@@ -8,6 +8,7 @@ restarted router can reload its queue from here.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -16,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from jobs.config import PRIVATE_FILE_MODE, make_private_dir
 from jobs.model import JobRecord, JobSpec, JobStatus
 
 _SCHEMA = """
@@ -114,7 +116,9 @@ class SqliteDatabase:
 
     def __init__(self, path: Path, hooks: StoreHooks | None = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
+        # SQLite creates its -wal and -shm files with the database file's mode.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE))
         self.hooks = hooks
         self.generation: int | None = None
         self._depth = 0

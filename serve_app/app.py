@@ -16,7 +16,7 @@ from deployments.replica_status import generator_deployment_name
 from deployments.router import Router
 from deployments.router_config import RouterConfig
 from jobs.circuit_breaker import CircuitConfig
-from jobs.config import DataLayout, QueuePolicy, RetentionPolicy
+from jobs.config import DataLayout, QueuePolicy, RetentionPolicy, make_private_dir
 from jobs.engine import EngineConfig
 from model_store.settings import StoreSettings
 from model_store.variants import load_variant
@@ -88,7 +88,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     """
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     settings = ServiceSettings()
-    layout = DataLayout(data_dir=(args.data_dir or settings.data_dir).resolve())
+    layout = DataLayout(data_dir=make_private_dir((args.data_dir or settings.data_dir).resolve()))
     if settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
         check_secret(secret)

@@ -51,3 +51,25 @@ def test_job_duration_moving_average(tmp_path):
     assert abs(store.avg_job_seconds("v") - expected) < 1e-9
     store.close()
     assert abs(JobStore(tmp_path / "jobs.db").avg_job_seconds("v") - expected) < 1e-9  # survives a restart
+
+
+def test_the_data_folder_and_the_store_are_private_to_the_service_user(tmp_path):
+    import stat
+
+    from jobs.config import make_private_dir
+    from jobs.files import ResultFiles
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    store = JobStore(tmp_path / "var" / "jobs.db")
+    store.insert(_spec(1))  # a write, so the WAL file exists
+    assert mode(tmp_path / "var") == 0o700 and mode(tmp_path / "var" / "jobs.db") == 0o600
+    assert mode(tmp_path / "var" / "jobs.db-wal") == 0o600  # SQLite gives it the database's mode
+    ResultFiles(tmp_path / "other" / "deep" / "outputs")
+    assert [mode(tmp_path / p) for p in ("other", "other/deep", "other/deep/outputs")] == [0o700] * 3
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    make_private_dir(shared / "inputs")
+    assert mode(shared) == 0o755 and mode(shared / "inputs") == 0o700  # an operator's folder keeps its mode

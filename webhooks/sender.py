@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, field_validator
 from standardwebhooks.webhooks import Webhook
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from jobs.config import make_private_dir
 from jobs.events import JobEvent
 from jobs.model import JobRecord, JobStatus, file_url
 from jobs.store import JobStore
@@ -116,7 +117,7 @@ def load_or_create_secret(path: Path) -> str:
     """
     path = Path(path)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
