@@ -58,8 +58,10 @@ format: $(STAMP)
 test: lint tiny browser
 	$(PY) -m pytest -m "not soak" --durations=25 tests
 
+# The soak tests, then the API fuzz with 200 generated requests per operation (10 in `make test`).
 soak: tiny
 	$(PY) -m pytest -m soak tests
+	WAN_SERVE_FUZZ_EXAMPLES=200 $(PY) -m pytest tests/test_api_fuzz.py
 
 # On a GPU machine: bitsandbytes (the [gpu] extra) for the int8 and nf4 modes, then the CUDA module.
 test-gpu: tiny

@@ -56,6 +56,8 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
 
 #: HTTP status -> OpenAI's error ``type`` (openai-python raises the matching exception class).
 _ERROR_TYPES = {
+    400: "invalid_request_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
@@ -82,6 +84,12 @@ def error_response(exc: e.ServiceError) -> JSONResponse:
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+def _param(err: dict) -> str | None:
+    """The request field a validation error is about (``body.prompt`` -> ``prompt``), or None."""
+    where = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    return ".".join(where) or None
+
+
 def _describe(err: dict) -> str:
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
     return f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
@@ -97,12 +105,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
         messages = [_describe(err) for err in exc.errors()]
+        fields = [".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()]
+        first = next((_param(err) for err in exc.errors()), None)
         return JSONResponse(
             {
                 "error": {
                     "code": e.ValidationFailed.code,
                     "message": "; ".join(messages),
-                    "fields": [".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()],
+                    "type": _ERROR_TYPES[422],
+                    "param": first,
+                    "fields": fields,
                 }
             },
             status_code=422,
@@ -111,7 +123,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+        body = {"code": code, "message": str(exc.detail), "type": _ERROR_TYPES.get(exc.status_code, "server_error")}
+        # A 405 carries Allow (the methods the path takes), as RFC 9110 requires.
+        return JSONResponse({"error": {**body, "param": None}}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception):
@@ -120,6 +134,13 @@ def install(app: FastAPI) -> None:
             return error_response(inner)
         logger.exception("unhandled error")
         return JSONResponse(
-            {"error": {"code": e.ServiceError.code, "message": "internal error; the server log has the details"}},
+            {
+                "error": {
+                    "code": e.ServiceError.code,
+                    "message": "internal error; the server log has the details",
+                    "type": "server_error",
+                    "param": None,
+                }
+            },
             status_code=500,
         )

@@ -78,9 +78,28 @@ async def read_generate_request(request: Request) -> tuple[GenerateRequest, list
     return validate_model(GenerateRequest, fields), uploads
 
 
+def _inline_defs(schema: dict) -> dict:
+    """``schema`` with each ``{"$ref": "#/$defs/X"}`` replaced by X itself and ``$defs`` dropped:
+    inside an OpenAPI document ``#/$defs`` would point at the document's root, where nothing is.
+    (GenerateRequest's nested models are not recursive, so inlining ends.)"""
+    defs = schema.get("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
 def generate_openapi() -> dict:
     """The requestBody of POST /generate for the OpenAPI document: JSON, or multipart with files."""
-    schema = GenerateRequest.model_json_schema()
+    schema = _inline_defs(GenerateRequest.model_json_schema())
     multipart = {
         "type": "object",
         "required": schema.get("required", []),
