@@ -276,3 +276,15 @@ def test_a_dropped_event_stream_resumes_with_last_event_id(app_url, client):
     assert len(proxy.last_event_ids) == 3 and proxy.last_event_ids[0] is None
     resumed = [int(i) for i in proxy.last_event_ids[1:]]
     assert resumed[0] >= 2 and resumed[1] > resumed[0]
+
+
+def test_server_wait_prints_where_things_are(app_url):
+    r = run(app_url, "server", "wait", "--timeout", "60", "--dashboard", "http://127.0.0.1:8265",
+            "--metrics", "http://127.0.0.1:8080/metrics")
+    assert r.returncode == ExitCode.OK, r.stderr
+    assert r.stdout.strip() == (f"wan-serve is ready · studio {app_url}/ · API docs {app_url}/docs · "
+                                "Ray dashboard http://127.0.0.1:8265 · metrics http://127.0.0.1:8080/metrics")
+    started = time.monotonic()
+    r = run("http://127.0.0.1:9", "server", "wait", "--timeout", "2")
+    assert r.returncode == ExitCode.NOT_READY and "not ready after 2 s" in r.stderr
+    assert time.monotonic() - started < 30

@@ -193,6 +193,9 @@ def test_cancel_a_running_job(page, client):
 
 def test_gallery_remix_and_delete(page, client):
     pg = page
+    # More jobs than one gallery page (8), whichever tests ran before.
+    for _ in range(9 - len(client.get("/jobs", params={"limit": 9}).json()["data"])):
+        assert client.post("/generate", json={"prompt": "filler", "num_inference_steps": 1}).status_code == 202
     done = client.post("/generate", json={"prompt": "gallery sample", "variant": "ti2v-5b-tiny"}).json()["id"]
     assert wait_terminal(client, done)[-1]["status"] == "success"
     pg.click("#gallery-refresh")
@@ -204,6 +207,15 @@ def test_gallery_remix_and_delete(page, client):
     pg.wait_for_function(f"""() => document.querySelector('#gallery li[data-job-id="{done}"] img').naturalWidth > 0""")
     assert thumb.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [1280, 720]
     _shot(pg, "gallery")
+    # Paged, 8 a page: the app holds more jobs than that by now.
+    assert len(newest) == 8
+    pg.click("#gallery-older")
+    pg.wait_for_function(f"""() => !document.querySelector('#gallery li[data-job-id="{done}"]')""")
+    older = pg.eval_on_selector_all("#gallery li", "els => els.map(e => e.dataset.jobId)")
+    expected = [j["id"] for j in client.get("/jobs", params={"limit": 8, "after": newest[-1]}).json()["data"]]
+    assert older == expected and pg.is_enabled("#gallery-newer")
+    pg.click("#gallery-newer")
+    item.wait_for()
     item.locator("button").click()  # opens the job's card
     card = _card(pg, done)
     card.locator("video.job-video").wait_for(state="visible")
