@@ -20,7 +20,7 @@ from jobs.config import DataLayout, QueuePolicy, RetentionPolicy, make_private_d
 from jobs.engine import EngineConfig
 from model_store.settings import StoreSettings
 from model_store.variants import load_variant
-from serve_app.ingress import Ingress
+from serve_app.ingress import INGRESS_MAX_ONGOING_REQUESTS, Ingress
 from serve_app.settings import ServiceSettings
 from webhooks.sender import WebhookConfig, check_secret, load_or_create_secret
 
@@ -58,6 +58,14 @@ class AppArgs(QueuePolicy, RetentionPolicy):
         default=None,
         description="Model store folder (variant weights and loras/); default WAN_SERVE_MODEL_DIR "
         "or ./models. Relative local_paths in variant configs resolve against it.",
+    )
+    max_event_streams: int = Field(
+        default=100,
+        ge=1,
+        lt=INGRESS_MAX_ONGOING_REQUESTS,
+        description="Live progress streams (SSE and WebSocket) one ingress replica keeps open at once; "
+        "past it, 429 too_many_streams. Below the ingress's max_ongoing_requests (200), so status calls "
+        "and /health always find room.",
     )
     fault_file: Path | None = Field(
         default=None,
@@ -146,4 +154,5 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         webhook_allow_ports=args.webhooks.allow_ports,
         retention_days=retention.retention_days,
         model_dir=str(store.model_dir),
+        max_event_streams=args.max_event_streams,
     )

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import errors as e
+from serve_app.event_streams import TooManyStreams
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,6 +45,7 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
     e.UploadTooLarge: 413,
     e.ValidationFailed: 422,
     e.QueueFull: 429,
+    TooManyStreams: 429,
     e.VariantNotDeployed: 404,
     e.AdapterNotDeployed: 404,
     e.JobNotFound: 404,

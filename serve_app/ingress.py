@@ -21,6 +21,7 @@ from jobs.config import DataLayout
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 from serve_app import errors
+from serve_app.event_streams import StreamSlots
 from serve_app.generate import routes as generate_routes
 from serve_app.generate.routes import GenerateRoutes
 from serve_app.generate.serving import JobService
@@ -69,7 +70,12 @@ for _routes in (generate_routes.router, videos_routes.router, variants_routes.ro
 studio_routes.mount(api)
 
 
-@serve.deployment(max_ongoing_requests=200, ray_actor_options={"num_cpus": 0})
+#: Requests one ingress replica serves at once (Ray Serve's max_ongoing_requests); live event
+#: streams may hold at most AppArgs.max_event_streams of them.
+INGRESS_MAX_ONGOING_REQUESTS = 200
+
+
+@serve.deployment(max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, StudioRoutes):
     """Validates requests, forwards them to the router, serves result files and the web studio.
@@ -82,6 +88,7 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
             ports it admits for public receivers (default 80, 443).
         retention_days: sets ``expires_at`` of /v1/videos objects; None: kept until deleted.
         model_dir: the model store (LoRA adapters); None: WAN_SERVE_MODEL_DIR or ./models.
+        max_event_streams: SSE and WebSocket streams this replica keeps open at once.
     """
 
     def __init__(
@@ -94,6 +101,7 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         webhook_allow_ports: list[int] | None = None,
         retention_days: float | None = None,
         model_dir: str | None = None,
+        max_event_streams: int = 100,
     ) -> None:
         self.router = router
         self.layout = layout
@@ -109,3 +117,4 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         )
         self.videos = VideosService(self.jobs, retention_days)
         self.catalog = VariantsService(self.jobs, deployed_at=time.time())
+        self.streams = StreamSlots(max_event_streams)

@@ -7,6 +7,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -214,6 +215,8 @@ class DroppingProxy:
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
 
     def _pipe(self, client, upstream):
+        import re
+        import socket
         import threading
 
         request = client.recv(65536)
@@ -226,7 +229,18 @@ class DroppingProxy:
                 self.last_event_ids.append(ids[0] if ids else None)
                 cut = self.drops > 0
                 self.drops -= cut
+        # One request per connection: the server closes it after the answer, so the end of a
+        # stream is the end of the connection, on both sides.
+        request = re.sub(rb"(?i)\r\nconnection:[^\r]*", b"", request, count=1).replace(
+            b"\r\n", b"\r\nConnection: close\r\n", 1)
         upstream.sendall(request)
+
+        def shut(s):
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # unlike close(), wakes a recv blocked in another thread
+            except OSError:
+                pass
+            s.close()
 
         def back():
             seen = 0
@@ -238,11 +252,8 @@ class DroppingProxy:
                         break
             except OSError:
                 pass
-            for s in (client, upstream):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            shut(client)
+            shut(upstream)
 
         threading.Thread(target=back, daemon=True).start()
         try:
@@ -264,8 +275,16 @@ def test_a_dropped_event_stream_resumes_with_last_event_id(app_url, client):
     proxy = DroppingProxy(url.port, drops=2)
     try:
         job = client.post("/generate", json={"prompt": "through a flaky network", "num_inference_steps": 8}).json()
-        with WanServeClient(f"http://127.0.0.1:{proxy.port}{url.path}") as flaky:
-            events = list(flaky.events(job["id"]))
+        events = []
+
+        def follow():
+            with WanServeClient(f"http://127.0.0.1:{proxy.port}{url.path}") as flaky:
+                events.extend(flaky.events(job["id"]))
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        reader.join(TIMEOUT)  # a fault in the proxy must fail the test, not hang the suite
+        assert not reader.is_alive(), f"the stream did not end; events so far: {[e.id for e in events]}"
     finally:
         proxy.close()
     ids = [e.id for e in events]

@@ -14,12 +14,14 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from jobs.config import DataLayout
 from jobs.errors import JobNotFound, ValidationFailed, unwrap
 from jobs.filenames import sanitize_filename
 from jobs.model import OUTPUT_FORMATS, JobStatus, format_of_filename
 from serve_app.errors import ERROR_RESPONSES
+from serve_app.event_streams import StreamSlots, TooManyStreams
 from serve_app.generate.protocol import (
     DeleteJobsResult,
     DeleteVideosResult,
@@ -37,6 +39,8 @@ router = APIRouter()
 #: Seconds one events call waits in the router for something new; an SSE keep-alive comment
 #: goes out after each empty wait, so proxies with idle timeouts of 30 s or more keep the stream.
 EVENTS_WAIT_S = 15.0
+#: WebSocket close code "Try Again Later" (RFC 6455 registry, IANA), for a refused stream.
+WS_TRY_AGAIN_LATER = 1013
 
 
 def _last_event_id(header: str | None) -> int:
@@ -53,11 +57,13 @@ def _split(csv: str | None) -> list[str]:
 
 
 class GenerateRoutes:
-    """The /generate family of routes. Needs ``router`` (the router's handle), ``jobs`` and ``layout``."""
+    """The /generate family of routes. Needs ``router`` (the router's handle), ``jobs``, ``layout``
+    and ``streams`` (the replica's StreamSlots)."""
 
     router: Any
     jobs: JobService
     layout: DataLayout
+    streams: StreamSlots
 
     @router.post(
         "/generate",
@@ -112,28 +118,42 @@ class GenerateRoutes:
         eta_seconds, queue_position). Reconnect with ``Last-Event-ID`` to resume after that event."""
         after = _last_event_id(request.headers.get("last-event-id"))
         first = await self.router.events.remote(job_id, after, 0.0)  # 404 before the stream starts
+        hold = self.streams.acquire()  # 429 past the replica's limit of open streams
 
         async def stream() -> AsyncIterator[str]:
             batch, seen = first, after
-            while True:
-                for event in batch.events:
-                    seen = event.id
-                    yield f"id: {event.id}\nevent: {event.event}\ndata: {json.dumps(event.as_dict())}\n\n"
-                if batch.done:
-                    return
-                if not batch.events:
-                    yield ": keep-alive\n\n"
-                batch = await self.router.events.remote(job_id, seen, EVENTS_WAIT_S)
+            try:
+                while True:
+                    for event in batch.events:
+                        seen = event.id
+                        yield f"id: {event.id}\nevent: {event.event}\ndata: {json.dumps(event.as_dict())}\n\n"
+                    if batch.done:
+                        return
+                    if not batch.events:
+                        yield ": keep-alive\n\n"
+                    batch = await self.router.events.remote(job_id, seen, EVENTS_WAIT_S)
+            finally:
+                hold.release()
 
+        # The background task releases the slot too when the stream never started (client gone).
         return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(hold.release),
         )
 
     @router.websocket("/ws/jobs/{job_id}")
     async def job_events_ws(self, websocket: WebSocket, job_id: str, last_event_id: int = 0) -> None:
         """The same events as /jobs/{id}/events, one JSON message each; the server closes the
-        socket (code 1000) after the terminal event, or with 4404 for an unknown job."""
+        socket (code 1000) after the terminal event, with 4404 for an unknown job, or with 1013
+        (try again later) when the replica holds its limit of open streams."""
         await websocket.accept()
+        try:
+            hold = self.streams.acquire()
+        except TooManyStreams as exc:
+            await websocket.close(code=WS_TRY_AGAIN_LATER, reason=exc.message[:120])
+            return
         after = last_event_id
         try:
             while True:
@@ -153,6 +173,8 @@ class GenerateRoutes:
                     return
         except WebSocketDisconnect:
             return
+        finally:
+            hold.release()
 
     @router.get("/jobs/{job_id}/webhooks", response_model=WebhookDeliveries, responses=ERROR_RESPONSES)
     async def webhook_deliveries(self, job_id: str) -> WebhookDeliveries:
