@@ -81,3 +81,55 @@ def test_unknown_jobs(client, app_url):
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
     assert closed.value.rcvd.code == 4404
+
+
+def test_health_and_status_stay_fast_with_200_streams_open(app_url, client):
+    """The ingress keeps 100 live streams (max_event_streams); the next get 429 and a WebSocket
+    1013, and /health and /status still answer at once."""
+    import threading
+    import time
+
+    import httpx
+
+    job = client.post("/generate", json={"prompt": "watched by many", "num_inference_steps": 400}).json()
+    opened, refused, stop = [], [], threading.Event()
+    lock = threading.Lock()
+
+    def listen():
+        with httpx.Client(base_url=app_url, timeout=120) as c, c.stream("GET", f"/jobs/{job['id']}/events") as r:
+            with lock:
+                (opened if r.status_code == 200 else refused).append(r)
+            if r.status_code == 200:
+                for _ in r.iter_raw():
+                    if stop.is_set():
+                        return
+            else:
+                r.read()
+
+    threads = [threading.Thread(target=listen, daemon=True) for _ in range(200)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(opened) + len(refused) < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (len(opened), len(refused)) == (100, 100)
+        body = refused[0].json()["error"]
+        assert refused[0].status_code == 429 and refused[0].headers["retry-after"] == "5"
+        assert body["code"] == "too_many_streams" and "GET /status/{id}" in body["message"]
+        with pytest.raises(ConnectionClosed) as closed, connect(
+                f"{app_url.replace('http', 'ws', 1)}/ws/jobs/{job['id']}") as ws:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1013
+        for path in ("/health", f"/status/{job['id']}"):
+            started = time.monotonic()
+            assert client.get(path).status_code == 200
+            assert time.monotonic() - started < 1.0, path
+    finally:
+        stop.set()
+        client.post(f"/jobs/{job['id']}/cancel")  # the streams end with the job
+        for t in threads:
+            t.join(30)
+    # The slots came back: a new stream opens, and ends at once with the job's terminal event.
+    events = _sse(client, job["id"])
+    assert events[-1]["sse_event"] == "terminal" and events[-1]["status"] == "canceled"
