@@ -9,6 +9,7 @@ arrays: images (H, W, 3) uint8 RGB, videos (T, H, W, 3) uint8 RGB, masks (H, W) 
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -74,7 +75,16 @@ def looks_like_image(data: bytes) -> bool:
     return sniff_image_format(data) is not None or _name_other_format(data) != "not a recognized image"
 
 
-def decode_image(data: bytes, *, field: str, max_side: int) -> np.ndarray:
+def _check_pixels(field: str, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise InvalidMedia(
+            f"{field} is {width}x{height} pixels ({width * height:,}); at most {max_pixels:,} pixels a frame "
+            "are taken: downscale it first",
+            field=field,
+        )
+
+
+def decode_image(data: bytes, *, field: str, max_side: int, max_pixels: int | None = None) -> np.ndarray:
     """Decode a PNG, JPEG or WEBP upload to (H, W, 3) uint8 RGB.
 
     EXIF orientation is applied (phone photos are often stored sideways); an alpha channel
@@ -82,7 +92,8 @@ def decode_image(data: bytes, *, field: str, max_side: int) -> np.ndarray:
 
     Raises:
         UnsupportedMediaType: the bytes are not PNG, JPEG or WEBP (a GIF, TIFF, SVG...).
-        InvalidMedia: the file is empty, truncated or corrupt, or a side exceeds ``max_side`` pixels.
+        InvalidMedia: the file is empty, truncated or corrupt, a side exceeds ``max_side`` pixels,
+            or width x height exceeds ``max_pixels`` (None: no such limit).
     """
     if not data:
         raise InvalidMedia(f"{field} is empty: send the file's bytes", field=field)
@@ -104,6 +115,7 @@ def decode_image(data: bytes, *, field: str, max_side: int) -> np.ndarray:
                     "downscale it first",
                     field=field,
                 )
+            _check_pixels(field, width, height, max_pixels)
             im.load()
             rgb = ImageOps.exif_transpose(im).convert("RGB")
     except InvalidMedia:
@@ -139,7 +151,17 @@ class DecodedClip:
     container: str
 
 
-def decode_video(data: bytes, *, field: str, fps: float, max_frames: int, max_side: int) -> DecodedClip:
+def decode_video(
+    data: bytes,
+    *,
+    field: str,
+    fps: float,
+    max_frames: int,
+    max_side: int,
+    max_pixels: int | None = None,
+    max_source_frames: int | None = None,
+    budget_s: float | None = None,
+) -> DecodedClip:
     """Decode an MP4, MOV or WebM upload to RGB frames at ``fps`` frames per second.
 
     Any pixel format is converted to RGB (yuv420p, yuv444p, 10-bit...). Resampling picks, for
@@ -147,10 +169,17 @@ def decode_video(data: bytes, *, field: str, fps: float, max_frames: int, max_si
     moment (the last one whose timestamp is not later), so 20 fps -> 16 fps keeps source frames
     0, 1, 2, 3, 5, ... Decoding stops once ``max_frames`` frames are out.
 
+    Hostile files are refused as early as the container allows: the frame size (``max_side``,
+    ``max_pixels``) and the frame count (``max_source_frames``: the container's count, or its
+    duration times its frame rate) from the header, before any frame is decoded; then every
+    decoded frame must have the header's size, at most ``max_source_frames`` may be decoded, and
+    decoding may take at most ``budget_s`` seconds. A None limit is not applied.
+
     Raises:
         UnsupportedMediaType: the container is not MP4/MOV or WebM/Matroska, or holds no video.
-        InvalidMedia: empty, truncated or undecodable data, or a frame side above ``max_side``.
+        InvalidMedia: empty, truncated or undecodable data, or over one of the limits above.
     """
+    started = time.monotonic()
     if not data:
         raise InvalidMedia(f"{field} is empty: send the file's bytes", field=field)
     try:
@@ -175,17 +204,44 @@ def decode_video(data: bytes, *, field: str, fps: float, max_frames: int, max_si
                 f"{field} is {width}x{height} pixels; the longest side may be at most {max_side}: downscale it first",
                 field=field,
             )
+        _check_pixels(field, width, height, max_pixels)
         source_fps = float(stream.average_rate or stream.guessed_rate or 0) or fps
         declared: float | None
         if stream.duration is not None and stream.time_base is not None:
             declared = float(stream.duration * stream.time_base)
         else:
             declared = float(container.duration / av.time_base) if container.duration else None
+        declared_frames = stream.frames or (round(declared * source_fps) if declared else 0)
+        if max_source_frames is not None and declared_frames > max_source_frames:
+            raise InvalidMedia(
+                f"{field} holds {declared_frames:,} frames; at most {max_source_frames:,} are taken: "
+                "cut the clip to the part to use first",
+                field=field,
+            )
+        decoded = 0
         frames: list[np.ndarray] = []
         prev = prev_rgb = None
         t0 = last_rel = None
         try:
             for frame in container.decode(stream):
+                decoded += 1
+                if (frame.width, frame.height) != (width, height):
+                    raise InvalidMedia(
+                        f"{field} frame {decoded} is {frame.width}x{frame.height} but the stream declares "
+                        f"{width}x{height}: the file is malformed",
+                        field=field,
+                    )
+                if max_source_frames is not None and decoded > max_source_frames:
+                    raise InvalidMedia(
+                        f"{field} holds more than the {max_source_frames:,} frames taken (more than its header "
+                        "says): cut the clip first",
+                        field=field,
+                    )
+                if budget_s is not None and time.monotonic() - started > budget_s:
+                    raise InvalidMedia(
+                        f"{field} took longer than {budget_s:g} s to decode; send a shorter or smaller clip",
+                        field=field,
+                    )
                 rel = frame.time if frame.time is not None else len(frames) / source_fps
                 t0 = rel if t0 is None else t0
                 rel -= t0

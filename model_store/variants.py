@@ -167,6 +167,23 @@ class Limits(BaseModel):
         description="Longest side, in pixels, of an uploaded image or video frame. "
         "4096 is 4K DCI width: any real camera frame fits, and a decoded 4096x4096 RGB image is 48 MiB.",
     )
+    max_input_pixels: int = Field(
+        default=4096 * 2160,
+        ge=256,
+        description="Largest uploaded image or video frame in pixels (width x height): 4K DCI, 4096x2160 "
+        "(8.8 MP; a decoded RGB frame of it is 25 MiB). Checked from the header before decoding.",
+    )
+    max_source_frames: int = Field(
+        default=10_000,
+        ge=1,
+        description="Frames an uploaded video may hold (its header's count, or duration x frame rate, and "
+        "then the frames decoded): 10,000 is 2.8 minutes at 60 fps, far more than a job uses.",
+    )
+    decode_budget_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds decoding one uploaded video may take before it is refused (422).",
+    )
     max_upload_bytes: int = Field(default=256 * 2**20, ge=1, description="Largest single uploaded file, bytes.")
     max_reference_images: int = Field(default=3, ge=0, description="Reference images a VACE request may send.")
 

@@ -23,7 +23,7 @@ from media.decode import (
     sniff_image_format,
 )
 from media.fit import Fit, fit_image, fit_mask, fit_video
-from model_store.variants import VariantConfig
+from model_store.variants import Limits, VariantConfig
 
 _REPEATABLE = ("reference_images",)
 _WHAT = {"image": "the first frame", "video": "the source clip", "mask": "the mask (white = regenerate)"}
@@ -122,12 +122,26 @@ def _video_frames(variant: VariantConfig, clip_len: int, requested: int | None) 
     return variant.round_frames(clip_len, down=True)
 
 
+def _image_limits(limits: Limits) -> dict:
+    """decode_image's limits from the variant's."""
+    return {"max_side": limits.max_input_side, "max_pixels": limits.max_input_pixels}
+
+
+def _video_limits(limits: Limits) -> dict:
+    """decode_video's limits from the variant's."""
+    return {
+        **_image_limits(limits),
+        "max_source_frames": limits.max_source_frames,
+        "budget_s": limits.decode_budget_s,
+    }
+
+
 def _prepare_mask(
     variant: VariantConfig, up: Upload, video_size: tuple[int, int], native, num_frames: int, fit: Fit
 ) -> tuple[np.ndarray, dict]:
     limits = variant.limits
     if looks_like_image(up.data):
-        rgb = decode_image(up.data, field="mask", max_side=limits.max_input_side)
+        rgb = decode_image(up.data, field="mask", **_image_limits(limits))
         masks = image_to_mask(rgb)[None]
         summary = {
             "kind": "image",
@@ -136,9 +150,7 @@ def _prepare_mask(
             "format": sniff_image_format(up.data),
         }
     else:
-        clip = decode_video(
-            up.data, field="mask", fps=variant.fps, max_frames=num_frames, max_side=limits.max_input_side
-        )
+        clip = decode_video(up.data, field="mask", fps=variant.fps, max_frames=num_frames, **_video_limits(limits))
         if len(clip.frames) < num_frames:
             raise InvalidMedia(
                 f"mask video gives {len(clip.frames)} frames at {variant.fps} fps but the video gives {num_frames}; "
@@ -211,7 +223,7 @@ def prepare_media(
         images = {}
         for name in ("image", "last_image"):
             if name in by_field:
-                images[name] = decode_image(by_field[name][0].data, field=name, max_side=limits.max_input_side)
+                images[name] = decode_image(by_field[name][0].data, field=name, **_image_limits(limits))
                 summary[name] = {
                     "width": images[name].shape[1],
                     "height": images[name].shape[0],
@@ -230,7 +242,7 @@ def prepare_media(
             field="video",
             fps=variant.fps,
             max_frames=num_frames if num_frames is not None else min(default_frames, limits.max_num_frames),
-            max_side=limits.max_input_side,
+            **_video_limits(limits),
         )
         frames = _video_frames(variant, len(clip.frames), num_frames)
         chosen = _check_size(variant, size or _orientation_size(variant, *clip.source_size))
@@ -248,7 +260,7 @@ def prepare_media(
         )
         for i, up in enumerate(by_field.get("reference_images", [])):
             prepared.reference_images.append(
-                decode_image(up.data, field=f"reference_images[{i}]", max_side=limits.max_input_side)
+                decode_image(up.data, field=f"reference_images[{i}]", **_image_limits(limits))
             )
         if prepared.reference_images:
             summary["reference_images"] = [

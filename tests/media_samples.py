@@ -93,3 +93,20 @@ def huge_png() -> bytes:
     return encode_image(np.zeros((10000, 10000), bool), "PNG")
 
 
+
+
+def synthetic_mp4(width: int, height: int, frames: int, fps: int = 1000) -> bytes:
+    """A flat-grey H.264 MP4 (ultrafast preset) of ``frames`` frames of width x height: hostile
+    sizes and counts for the upload limits, made in a second or two."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        stream = c.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="rgb24")
+        for _ in range(frames):
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return buf.getvalue()

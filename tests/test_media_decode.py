@@ -116,3 +116,30 @@ def test_mp4_mov_and_webm_clips_decode(tmp_path, container, codec, pix_fmt, demu
     assert clip.container == demuxer and clip.source_fps == 24.0 and clip.frames.shape == (5, 180, 320, 3)
     # 24 -> 16 fps keeps source frames 0, 1, 3, 4, 6 (floor(i * 24 / 16)); lossy codecs, so compare loosely.
     assert np.abs(clip.frames.astype(int) - source[[0, 1, 3, 4, 6]]).mean() < 8
+
+
+def test_hostile_videos_are_refused_from_the_header_before_decoding():
+    import time
+
+    from tests.media_samples import synthetic_mp4
+
+    many = synthetic_mp4(16, 16, 50_000)  # 50 s at 1000 fps: 650 KB
+    started = time.monotonic()
+    with pytest.raises(InvalidMedia, match="holds 50,000 frames; at most 10,000"):
+        decode_video(many, field="video", fps=16, max_frames=5, max_side=4096, max_source_frames=10_000)
+    assert time.monotonic() - started < 1.0  # the header said so; nothing was decoded
+    huge = synthetic_mp4(4096, 4096, 2, fps=16)
+    with pytest.raises(InvalidMedia, match=r"4096x4096 pixels \(16,777,216\); at most 8,847,360"):
+        decode_video(huge, field="video", fps=16, max_frames=5, max_side=4096, max_pixels=4096 * 2160)
+    with pytest.raises(InvalidMedia, match="took longer than 1e-09 s to decode"):
+        decode_video(synthetic_mp4(64, 64, 10), field="video", fps=16, max_frames=5, max_side=4096, budget_s=1e-9)
+    clip = decode_video(synthetic_mp4(64, 64, 10), field="video", fps=1000, max_frames=5, max_side=4096,
+                        max_pixels=4096, max_source_frames=10, budget_s=30)
+    assert clip.frames.shape == (5, 64, 64, 3)  # within every limit: decoded as before
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header():
+    big = encode_image(np.zeros((3000, 3000, 3), np.uint8), "PNG")  # each side under 4096, 9 MP in all
+    with pytest.raises(InvalidMedia, match=r"3000x3000 pixels \(9,000,000\)"):
+        decode_image(big, field="image", max_side=4096, max_pixels=4096 * 2160)
+    assert decode_image(big, field="image", max_side=4096).shape == (3000, 3000, 3)

@@ -231,3 +231,40 @@ def test_all_four_variants_are_ready(client):
     body = client.get("/ready").json()
     assert body["status"] == "ready", body
     assert set(body["variants"]) == {"ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny"}
+
+
+def test_hostile_videos_are_refused_in_seconds_and_health_stays_fast(app_url, client):
+    """A 650 KB MP4 of 50,000 frames and one of 4096x4096 frames, sent four times each at once:
+    refused from their headers (422), while /health keeps answering within 1 s."""
+    import threading
+    import time
+
+    import httpx
+
+    from tests.media_samples import synthetic_mp4
+
+    bad = {"holds 50,000 frames": synthetic_mp4(16, 16, 50_000),
+           "4096x4096 pixels": synthetic_mp4(4096, 4096, 2, fps=16)}
+    answers, health = [], []
+
+    def submit(words, video):
+        started = time.monotonic()
+        with httpx.Client(base_url=app_url, timeout=60) as c:
+            r = c.post("/generate", data={"prompt": "x", "variant": "vace-14b-tiny"},
+                       files=_files(video=video, mask=mask_png(box_mask(16, 16, (0, 0, 8, 8)))))
+        answers.append((words, r.status_code, r.json()["error"]["message"], time.monotonic() - started))
+
+    threads = [threading.Thread(target=submit, args=item) for item in list(bad.items()) * 4]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        started = time.monotonic()
+        assert client.get("/health").status_code == 200
+        health.append(time.monotonic() - started)
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert len(answers) == 8
+    for words, status, message, seconds in answers:
+        assert status == 422 and words in message and seconds < 10, (words, status, message, seconds)
+    assert health and max(health) < 1.0

@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, get_args
 
@@ -78,6 +79,11 @@ def idempotency(
     return key, digest.hexdigest()
 
 
+#: Requests whose uploads one ingress replica decodes at once (more wait their turn): two, the
+#: cores of a small node; decoding holds the GIL only part of the time (PyAV and Pillow release it).
+DECODE_WORKERS = 2
+
+
 def output_formats(variant: VariantConfig) -> list[OutputFormat]:
     """The result formats ``variant`` writes: mp4 for all; webm and png_zip (the mask as alpha) for
     inpainting (vace) variants only, since only they have a mask."""
@@ -134,6 +140,7 @@ class JobService:
         self.default_variant = default_variant
         self.webhook_allow_networks = list(webhook_allow_networks or [])
         self.webhook_allow_ports = list(webhook_allow_ports or DEFAULT_WEBHOOK_PORTS)
+        self.decode_pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="decode")
         self.resolve = resolve
 
     def webhook_spec(self, url: str | None, events: list[WebhookEvent] | None) -> WebhookSpec | None:
@@ -303,7 +310,10 @@ class JobService:
                 return earlier
         if spec is None:
             assert req is not None
-            built, prepared = await asyncio.to_thread(self.build_spec, req, uploads)
+            # Decoding runs in a pool of its own, so a few hostile uploads wait behind each other
+            # instead of taking the threads that status calls and /ready use.
+            loop = asyncio.get_running_loop()
+            built, prepared = await loop.run_in_executor(self.decode_pool, self.build_spec, req, uploads)
             if prepared is not None:
                 built.inputs = await asyncio.to_thread(prepared.save, self.inputs_root / built.id)
             spec = built
