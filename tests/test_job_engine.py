@@ -387,3 +387,32 @@ def test_a_success_removes_its_earlier_attempts_files_and_the_purge_sweeps_stale
     (outputs / leftover).write_bytes(b"z")
     assert engine.purge()["files_deleted"] == [leftover]
     assert sorted(p.name for p in outputs.iterdir()) == [fresh]
+
+
+def test_a_bulk_delete_goes_in_batches_and_lets_other_work_run(tmp_path):
+    from jobs.engine import DELETE_BATCH
+
+    engine = _engine(tmp_path, max_queued_jobs=1000)
+    for i in range(2 * DELETE_BATCH + 50):
+        engine.submit(_spec(i))
+        engine.store.update(f"job{i}", status=JobStatus.success)
+        engine.queue.remove(f"job{i}")
+    ticks = []
+
+    async def go():
+        async def other_work():
+            while True:
+                ticks.append(len(engine.store.page(None, 1000, False)[0]))
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        result = await engine.delete_jobs(None, None, True, False, cancel=None)
+        other.cancel()
+        return result
+
+    result = asyncio.run(go())
+    assert len(result["deleted"]) == 2 * DELETE_BATCH + 50 and engine.store.page(None, 10, False)[0] == []
+    # Other work ran between the three batches and saw the jobs go a batch at a time.
+    seen = sorted(set(ticks), reverse=True)
+    assert seen[:3] == [2 * DELETE_BATCH + 50, DELETE_BATCH + 50, 50], seen
