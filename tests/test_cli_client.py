@@ -181,6 +181,8 @@ def test_seconds_on_generate(client):
     assert r.status_code == 422 and r.json()["error"]["message"] == "send num_frames or seconds, not both"
     r = client.post("/generate", json={"prompt": "x", "seconds": 60})
     assert r.status_code == 422 and "at most 33 frames" in r.json()["error"]["message"]
+    r = client.post("/generate", json={"prompt": "x", "seconds": 1.4592143344135833e307})  # found by the fuzz
+    assert r.status_code == 422 and "at most 33 frames" in r.json()["error"]["message"]
     job = client.post("/generate", json={"prompt": "a short one", "seconds": 0.01}).json()
     assert client.get(f"/status/{job['id']}").json()["num_frames"] == 1  # rounded to the nearest 4k+1
     assert wait_terminal(client, job["id"])[-1]["status"] == "success"

@@ -98,11 +98,13 @@ def frames_for_seconds(variant: VariantConfig, seconds: float) -> int:
     """
     if not seconds > 0:
         raise ValidationFailed(f"seconds must be a positive number, got {seconds!r}", field="seconds")
-    frames = variant.round_frames(seconds * variant.fps)
+    # Compared before rounding: a huge float (1e307 s) times fps is inf, which round() refuses.
+    too_long = seconds * variant.fps > variant.limits.max_num_frames + variant.temporal_compression
+    frames = variant.limits.max_num_frames + 1 if too_long else variant.round_frames(seconds * variant.fps)
     if frames > variant.limits.max_num_frames:
         longest = variant.limits.max_num_frames / variant.fps
         raise ValidationFailed(
-            f"seconds={seconds:g} is {frames} frames at {variant.fps} fps; {variant.name} makes at most "
+            f"seconds={seconds:g} is more than {variant.name} makes: at most "
             f"{variant.limits.max_num_frames} frames ({longest:g} s)",
             field="seconds",
         )
