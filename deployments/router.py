@@ -14,6 +14,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from auth.keys import KeyStore
 from deployments.faults import ROUTER, FaultSwitch, StoreFaults
 from deployments.fit_plans import FitPlanCache
 from deployments.lora_adapters import adapter_set_id
@@ -24,6 +25,7 @@ from jobs.engine import JobEngine
 from jobs.events import EventBatch
 from jobs.files import ResultFiles
 from jobs.model import JobResult, JobSpec, JobStatus, JobView, ProgressEvent
+from jobs.ownership import OPEN, Caller
 from jobs.store import SqliteJobStore
 from webhooks.model import WebhookMessage
 from webhooks.sender import WebhookSender
@@ -36,6 +38,10 @@ DISPATCH_POLL_S = 0.5
 
 #: Seconds before a store call that failed (full disk, locked, I/O error) is tried again.
 STORE_RETRY_S = 1.0
+
+#: A key's last_used_at is written at most this often, seconds: a busy key would otherwise write
+#: the store on every request.
+KEY_TOUCH_S = 60.0
 
 
 # check_health every 5 s (Serve's default is 10; it replaces a replica after 3 failed checks).
@@ -51,11 +57,18 @@ class Router:
         hooks = StoreFaults(FaultSwitch(config.fault_file, ROUTER)) if config.fault_file else None
         store = SqliteJobStore(layout.jobs_db, hooks)
         self.webhook_store = WebhookStore(store.db)
+        self.keys = KeyStore(store.db)
+        self._touched: dict[str, float] = {}
         self.webhooks = WebhookSender(
             config.webhooks, config.webhook_secret.get_secret_value(), store, self.webhook_store
         )
         self.engine = JobEngine(
-            config.engine, store, ResultFiles(layout.outputs), layout.inputs, observers=[self.webhooks]
+            config.engine,
+            store,
+            ResultFiles(layout.outputs),
+            layout.inputs,
+            observers=[self.webhooks],
+            quotas_of=self.keys.quotas,
         )
         self.engine.recover()  # takes the store's lease: a router still draining stops dispatching
         resumed = self.webhooks.resume()
@@ -150,60 +163,83 @@ class Router:
         if self.config.engine.queue.when_unavailable == "refuse" and status is not None and status.failed:
             raise status.refusal(spec.variant, retry_after_s=GENERATOR_STATUS_POLL_S * 30)
 
-    async def find_idempotent(self, key: str, request_hash: str) -> JobView | None:
+    # Every call below takes the caller (jobs/ownership.py) and sees only that caller's jobs.
+
+    async def authenticate(self, digest: str) -> Caller | None:
+        """The caller of the live API key whose SHA-256 is ``digest`` (hex), or None."""
+        key = await asyncio.to_thread(self.keys.authenticate, digest)
+        if key is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        if now - self._touched.get(key.id, -KEY_TOUCH_S) >= KEY_TOUCH_S:
+            self._touched[key.id] = now
+            await asyncio.to_thread(self.keys.touch, key.id, self.engine.clock())
+        return key.caller()
+
+    async def live_keys(self) -> int:
+        """How many API keys are live (the ingress requires keys once there is one)."""
+        return await asyncio.to_thread(self.keys.live_count)
+
+    async def find_idempotent(self, key: str, request_hash: str, caller: Caller = OPEN) -> JobView | None:
         """See JobEngine.find_idempotent."""
-        return self.engine.find_idempotent(key, request_hash)
+        return self.engine.find_idempotent(key, request_hash, caller)
 
     async def submit(
-        self, spec: JobSpec, idempotency_key: str | None = None, request_hash: str | None = None
+        self,
+        spec: JobSpec,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        caller: Caller = OPEN,
     ) -> JobView:
-        """Store ``spec`` as a queued job and wake the dispatcher (JobEngine.submit; its errors, and
-        RequestTooLarge or ModelUnavailable from the fit and availability checks)."""
-        view = self.engine.submit(spec, idempotency_key, request_hash, precheck=self._precheck)
+        """Store ``spec`` as a queued job of ``caller`` and wake the dispatcher (JobEngine.submit; its
+        errors, and RequestTooLarge or ModelUnavailable from the fit and availability checks)."""
+        view = self.engine.submit(spec, idempotency_key, request_hash, precheck=self._precheck, caller=caller)
         self._wake.set()
         return view
 
-    async def remix(self, job_id: str, prompt: str) -> JobView:
+    async def remix(self, job_id: str, prompt: str, caller: Caller = OPEN) -> JobView:
         """A new job with ``job_id``'s parameters and inputs and a new prompt (JobEngine.remix_spec, submit)."""
-        spec = await asyncio.to_thread(self.engine.remix_spec, job_id, prompt)
-        view = self.engine.submit(spec, precheck=self._precheck, discard_on_refusal=True)
+        spec = await asyncio.to_thread(self.engine.remix_spec, job_id, prompt, caller)
+        view = self.engine.submit(spec, precheck=self._precheck, discard_on_refusal=True, caller=caller)
         self._wake.set()
         return view
 
-    async def status(self, job_id: str) -> JobView:
+    async def status(self, job_id: str, caller: Caller = OPEN) -> JobView:
         """The job with its queue position and ETA. Raises JobNotFound."""
-        return self.engine.status(job_id)
+        return self.engine.status(job_id, caller)
 
-    async def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobView], bool]:
+    async def page(
+        self, after: str | None, limit: int, descending: bool, caller: Caller = OPEN
+    ) -> tuple[list[JobView], bool]:
         """See JobEngine.page."""
-        return self.engine.page(after, limit, descending)
+        return self.engine.page(after, limit, descending, caller)
 
     async def load(self) -> dict[str, dict[str, int]]:
         """See JobEngine.load."""
         return self.engine.load()
 
-    async def lookup(self, prompt: str) -> JobView:
+    async def lookup(self, prompt: str, caller: Caller = OPEN) -> JobView:
         """See JobEngine.lookup."""
-        return self.engine.lookup(prompt)
+        return self.engine.lookup(prompt, caller)
 
-    async def events(self, job_id: str, after: int = 0, timeout_s: float = 15.0) -> EventBatch:
+    async def events(self, job_id: str, after: int = 0, timeout_s: float = 15.0, caller: Caller = OPEN) -> EventBatch:
         """See JobEngine.events."""
-        return await self.engine.events(job_id, after, timeout_s)
+        return await self.engine.events(job_id, after, timeout_s, caller)
 
-    async def cancel(self, job_id: str) -> JobView:
+    async def cancel(self, job_id: str, caller: Caller = OPEN) -> JobView:
         """Cancel a queued or running job; it ends ``canceled`` and writes no file.
 
         A queued job is removed before it reaches a generator; a running one stops after
         its current denoising step. Terminal jobs are returned unchanged. Raises JobNotFound.
         """
-        if self.engine.cancel(job_id) is not None:
+        if self.engine.cancel(job_id, caller) is not None:
             if (stream := self._streams.get(job_id)) is not None:
                 stream.cancel()
             if (task := self._runs.get(job_id)) is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._wake.set()
-        return self.engine.status(job_id)
+        return self.engine.status(job_id, caller)
 
     async def delete_jobs(
         self,
@@ -211,27 +247,34 @@ class Router:
         status: JobStatus | None = None,
         all_jobs: bool = False,
         delete_files: bool = False,
+        caller: Caller = OPEN,
     ) -> dict:
         """See JobEngine.delete_jobs (which cancels through this router)."""
-        return await self.engine.delete_jobs(ids, status, all_jobs, delete_files, cancel=self.cancel)
+        return await self.engine.delete_jobs(ids, status, all_jobs, delete_files, cancel=self.cancel, caller=caller)
 
-    async def videos(self) -> list[JobView]:
-        """Successful jobs whose file still exists, oldest first."""
-        return self.engine.videos()
+    async def videos(
+        self, after: str | None = None, limit: int = 100, caller: Caller = OPEN
+    ) -> tuple[list[JobView], bool]:
+        """A page of successful jobs whose file still exists, oldest first (JobEngine.videos)."""
+        return self.engine.videos(after, limit, caller)
 
     async def delete_videos(
-        self, filenames: list[str] | None = None, ids: list[str] | None = None, all_videos: bool = False
+        self,
+        filenames: list[str] | None = None,
+        ids: list[str] | None = None,
+        all_videos: bool = False,
+        caller: Caller = OPEN,
     ) -> dict:
         """Delete result files (the jobs stay, marked file_deleted). Returns ``{"files_deleted": [...]}``."""
-        return {"files_deleted": self.engine.delete_videos(filenames, ids, all_videos)}
+        return {"files_deleted": self.engine.delete_videos(filenames, ids, all_videos, caller)}
 
-    async def check_file(self, filename: str) -> str:
-        """``filename`` when this service wrote it and it still exists. Raises FileNotFoundForJob."""
-        return self.engine.check_file(filename)
+    async def check_file(self, filename: str, caller: Caller = OPEN) -> str:
+        """``filename`` when this service wrote it for ``caller`` and it still exists. Raises FileNotFoundForJob."""
+        return self.engine.check_file(filename, caller)
 
-    async def webhook_deliveries(self, job_id: str) -> list[WebhookMessage]:
+    async def webhook_deliveries(self, job_id: str, caller: Caller = OPEN) -> list[WebhookMessage]:
         """The job's webhook messages, oldest first, each with every delivery attempt. Raises JobNotFound."""
-        self.engine.status(job_id)
+        self.engine.status(job_id, caller)
         return self.webhook_store.webhook_messages(job_id)
 
     async def purge(self) -> dict:

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from jobs.errors import (
     JobNotFound,
     ModelUnavailable,
     QueueFull,
+    QuotaExceeded,
     ServiceError,
     ValidationFailed,
     VariantNotDeployed,
@@ -40,6 +42,7 @@ from jobs.filenames import default_name_job
 from jobs.files import ResultFiles
 from jobs.inputs import copy_inputs, kept_for_remix, remove_inputs
 from jobs.model import JobRecord, JobResult, JobSpec, JobStatus, JobView, Phase, ProgressEvent
+from jobs.ownership import OPEN, QUOTA_WINDOW_S, Caller, Quotas
 from jobs.queue import JobQueue
 from jobs.retention import expired_jobs, files_over_cap
 from jobs.store import JobStore
@@ -102,6 +105,11 @@ class JobEngine:
         inputs_root: the folder of the jobs' input folders.
         observers: told of every change and deletion.
         clock: Unix seconds (``time.time``); ``monotonic`` for pauses.
+        quotas_of: an owner's (API key's) quotas, for jobs queued before this engine saw the key
+            submit (after a restart); default: no limits.
+
+    Every call that reads or changes a job takes the ``caller`` (jobs/ownership.py) and sees only
+    that caller's jobs; an unknown job and another key's job both raise ``JobNotFound``.
     """
 
     def __init__(
@@ -113,6 +121,7 @@ class JobEngine:
         observers: Iterable[JobObserver] = (),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        quotas_of: Callable[[str], Quotas | None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -127,6 +136,9 @@ class JobEngine:
         self._paused_until: dict[str, float] = {}
         self.generation: int | None = None  # of the store's lease, taken by recover()
         self.fenced = False  # a newer router took the lease: this engine dispatches nothing more
+        self.quotas_of = quotas_of
+        self._quotas: dict[str, Quotas] = {}  # owner -> quotas it last submitted with
+        self._submitted: dict[str | None, deque[float]] = {}  # owner -> submit times in the quota window
 
     # ---- start ------------------------------------------------------------------------------
 
@@ -150,13 +162,16 @@ class JobEngine:
             else:
                 self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
         for rec in self.store.by_status([JobStatus.queued]):
-            self.queue.push(rec.id, rec.variant)
+            self.queue.push(rec.id, rec.variant, rec.owner)
+        for owner, created in self.store.submitted_since(self.clock() - QUOTA_WINDOW_S):
+            self._submitted.setdefault(owner, deque()).append(created)
 
     # ---- views ------------------------------------------------------------------------------
 
-    def _get(self, job_id: str) -> JobRecord:
+    def _get(self, job_id: str, caller: Caller = OPEN) -> JobRecord:
+        """The job, if ``caller`` may see it. Raises JobNotFound (the same for another key's job)."""
         rec = self.store.get(job_id)
-        if rec is None:
+        if rec is None or not caller.sees(rec.owner):
             raise JobNotFound(f"no job with id {job_id!r}")
         return rec
 
@@ -189,18 +204,21 @@ class JobEngine:
         )
         return JobView.of(rec, queue_position=position, eta_seconds=eta)
 
-    def status(self, job_id: str) -> JobView:
+    def status(self, job_id: str, caller: Caller = OPEN) -> JobView:
         """Raises JobNotFound."""
-        return self.view(self._get(job_id))
+        return self.view(self._get(job_id, caller))
 
-    def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobView], bool]:
-        """A page of jobs in submission order (newest first when ``descending``) and whether more follow.
+    def page(
+        self, after: str | None, limit: int, descending: bool, caller: Caller = OPEN
+    ) -> tuple[list[JobView], bool]:
+        """A page of the caller's jobs in submission order (newest first when ``descending``) and
+        whether more follow.
 
         Raises:
-            JobNotFound: ``after`` names no job.
+            JobNotFound: ``after`` names no job of the caller's.
         """
         try:
-            records, more = self.store.page(after, limit, descending)
+            records, more = self.store.page(after, limit, descending, caller.scope)
         except KeyError:
             raise JobNotFound(f"no job with id {after!r} to list after") from None
         return [self.view(r) for r in records], more
@@ -209,9 +227,9 @@ class JobEngine:
         """Per configured variant: ``{"queued": jobs waiting, "running": jobs on a generator}``."""
         return {v: {"queued": self.queue.depth(v), "running": len(self._running_of(v))} for v in self.config.slots}
 
-    def lookup(self, prompt: str) -> JobView:
-        """The newest job submitted with exactly ``prompt``. Raises JobNotFound."""
-        rec = self.store.newest_with_prompt(prompt)
+    def lookup(self, prompt: str, caller: Caller = OPEN) -> JobView:
+        """The caller's newest job submitted with exactly ``prompt``. Raises JobNotFound."""
+        rec = self.store.newest_with_prompt(prompt, caller.scope)
         if rec is None:
             raise JobNotFound("no job has that prompt")
         return self.view(rec)
@@ -236,11 +254,11 @@ class JobEngine:
         rec = self.store.get(job_id)
         return JobEvent.of(self.view(rec)) if rec is not None else None
 
-    async def events(self, job_id: str, after: int = 0, timeout_s: float = 15.0) -> EventBatch:
+    async def events(self, job_id: str, after: int = 0, timeout_s: float = 15.0, caller: Caller = OPEN) -> EventBatch:
         """Events of ``job_id`` after id ``after``, waiting up to ``timeout_s`` seconds for one
         (jobs/events.py). Raises JobNotFound."""
+        rec = self._get(job_id, caller)
         if job_id not in self.logs:
-            rec = self._get(job_id)
             self.logs.open(job_id, JobEvent.of(self.view(rec)))
         try:
             return await self.logs.wait_after(job_id, after, timeout_s, lambda: self._snapshot(job_id))
@@ -249,13 +267,18 @@ class JobEngine:
 
     # ---- submit -------------------------------------------------------------------------------
 
-    def find_idempotent(self, key: str, request_hash: str) -> JobView | None:
-        """The job submitted earlier with Idempotency-Key ``key``, or None.
+    @staticmethod
+    def _scoped_key(key: str, owner: str | None) -> str:
+        """The stored form of an Idempotency-Key: each API key has its own space of them."""
+        return key if owner is None else f"{owner}:{key}"
+
+    def find_idempotent(self, key: str, request_hash: str, caller: Caller = OPEN) -> JobView | None:
+        """The job the caller submitted earlier with Idempotency-Key ``key``, or None.
 
         Raises:
             IdempotencyConflict: ``key`` came with a different request.
         """
-        rec = self.store.by_idempotency_key(key)
+        rec = self.store.by_idempotency_key(self._scoped_key(key, caller.key_id))
         if rec is None:
             return None
         if rec.request_hash != request_hash:
@@ -273,16 +296,19 @@ class JobEngine:
         request_hash: str | None = None,
         precheck: Callable[[JobSpec], None] | None = None,
         discard_on_refusal: bool = False,
+        caller: Caller = OPEN,
     ) -> JobView:
-        """Store ``spec`` as a queued job. With ``idempotency_key``, a key seen before returns that
-        job instead (``replayed``) and stores nothing. ``precheck(spec)`` runs after that lookup
-        and may raise to refuse it (the router's fit and availability checks).
+        """Store ``spec`` as a queued job owned by ``caller``. With ``idempotency_key``, a key the
+        caller used before returns that job instead (``replayed``) and stores nothing.
+        ``precheck(spec)`` runs after that lookup and may raise to refuse it (the router's fit and
+        availability checks).
 
         Raises:
             VariantNotDeployed: no generator serves ``spec.variant``.
             IdempotencyConflict: ``idempotency_key`` came with a different request before.
             ModelUnavailable: the variant's circuit breaker is open (``retry_after_s`` says when to retry).
             QueueFull: ``max_queued_jobs`` jobs are already waiting.
+            QuotaExceeded: the caller's key is at its ``max_queued`` or ``jobs_per_hour``.
             FilenameTaken: another live job or file already uses ``spec.filename``.
             ServiceError: whatever ``precheck`` raises.
 
@@ -290,7 +316,9 @@ class JobEngine:
         job's inputs are removed before the error propagates.
         """
         try:
-            return self._submit(spec, idempotency_key, request_hash, precheck)
+            return self._submit(
+                spec.model_copy(update={"owner": caller.key_id}), idempotency_key, request_hash, precheck, caller
+            )
         except BaseException:
             if discard_on_refusal:
                 remove_inputs(spec.inputs, self.inputs_root)
@@ -302,15 +330,18 @@ class JobEngine:
         idempotency_key: str | None,
         request_hash: str | None,
         precheck: Callable[[JobSpec], None] | None,
+        caller: Caller,
     ) -> JobView:
         if spec.variant not in self.config.slots:
             raise VariantNotDeployed(f"variant {spec.variant!r} is not deployed", deployed=sorted(self.config.slots))
         if idempotency_key is not None:
-            earlier = self.find_idempotent(idempotency_key, request_hash or "")
+            earlier = self.find_idempotent(idempotency_key, request_hash or "", caller)
             if earlier is not None:
                 return earlier
+            idempotency_key = self._scoped_key(idempotency_key, caller.key_id)
         if precheck is not None:
             precheck(spec)
+        self._check_quotas(spec, caller)
         breaker = self.breakers[spec.variant]
         if breaker.refusing():
             retry = breaker.retry_after_s()
@@ -330,21 +361,61 @@ class JobEngine:
         if spec.filename and (self.store.filename_owner(spec.filename) or self.files.exists(spec.filename)):
             raise FilenameTaken(f"filename {spec.filename!r} is already used by another job; choose another name")
         rec = self.store.insert(spec, idempotency_key, request_hash or None)
-        self.queue.push(spec.id, spec.variant)
+        self.queue.push(spec.id, spec.variant, spec.owner)
+        self._submitted.setdefault(spec.owner, deque()).append(rec.created_at)
         view = self.view(rec)
         self.logs.open(rec.id, JobEvent.of(view))
         return view
 
-    def remix_spec(self, job_id: str, prompt: str) -> JobSpec:
+    def _check_quotas(self, spec: JobSpec, caller: Caller) -> None:
+        """Raise QuotaExceeded when the caller's key is at its ``max_queued`` or ``jobs_per_hour``."""
+        if caller.key_id is None:
+            return
+        quotas = self._quotas[caller.key_id] = caller.quotas
+        if quotas.max_queued is not None and self.queue.owned(caller.key_id) >= quotas.max_queued:
+            avg = self.store.avg_job_seconds(spec.variant)
+            retry = math.ceil(avg) if avg else self.config.retry_after_s
+            raise QuotaExceeded(
+                f"key {caller.name!r} has {quotas.max_queued} jobs waiting, its max_queued; retry in about "
+                f"{retry} s, when one has started",
+                limit="max_queued",
+                retry_after_s=retry,
+            )
+        if quotas.jobs_per_hour is not None:
+            recent = self._submitted.setdefault(caller.key_id, deque())
+            now = self.clock()
+            while recent and recent[0] <= now - QUOTA_WINDOW_S:
+                recent.popleft()
+            if len(recent) >= quotas.jobs_per_hour:
+                retry = max(math.ceil(recent[0] + QUOTA_WINDOW_S - now), 1)
+                raise QuotaExceeded(
+                    f"key {caller.name!r} submitted {len(recent)} jobs in the last hour, its jobs_per_hour; "
+                    f"retry in {retry} s",
+                    limit="jobs_per_hour",
+                    retry_after_s=retry,
+                )
+
+    def _may_start(self, owner: str | None) -> bool:
+        """Whether ``owner`` is below its ``max_running`` (every job of an open service may start)."""
+        if owner is None:
+            return True
+        quotas = self._quotas.get(owner)
+        if quotas is None and self.quotas_of is not None:
+            quotas = self._quotas[owner] = self.quotas_of(owner) or Quotas()
+        if quotas is None or quotas.max_running is None:
+            return True
+        return sum(1 for r in self.running.values() if r.spec.owner == owner) < quotas.max_running
+
+    def remix_spec(self, job_id: str, prompt: str, caller: Caller = OPEN) -> JobSpec:
         """A new job with job ``job_id``'s parameters (seed included), its inputs copied, and ``prompt``.
 
         Touches only the store and the disk, so it may run in a worker thread.
 
         Raises:
-            JobNotFound: no such job.
+            JobNotFound: no such job, or another key's.
             ValidationFailed: the original's uploaded inputs are no longer stored.
         """
-        original = self._get(job_id).spec
+        original = self._get(job_id, caller).spec
         new_id = uuid.uuid4().hex
         inputs = None
         if original.inputs is not None:
@@ -357,7 +428,14 @@ class JobEngine:
                 )
         params = original.params.model_copy(update={"prompt": prompt})
         return original.model_copy(
-            update={"id": new_id, "params": params, "inputs": inputs, "filename": None, "remixed_from": original.id}
+            update={
+                "id": new_id,
+                "params": params,
+                "inputs": inputs,
+                "filename": None,
+                "remixed_from": original.id,
+                "owner": caller.key_id,
+            }
         )
 
     # ---- dispatch -----------------------------------------------------------------------------
@@ -387,7 +465,7 @@ class JobEngine:
     def _dispatch_into(self, started: list[JobSpec], variant_ready: Callable[[str], bool]) -> None:
         for variant in self.queue.variants():
             breaker = self.breakers[variant]
-            while (job_id := self.queue.head(variant)) is not None:
+            while (job_id := self.queue.head(variant, self._may_start)) is not None:
                 if len(self._running_of(variant)) >= self.config.slots.get(variant, 0):
                     break
                 if self.monotonic() < self._paused_until.get(variant, 0.0):
@@ -395,7 +473,7 @@ class JobEngine:
                 if not variant_ready(variant) or not breaker.may_dispatch():
                     break
                 rec = self.store.get(job_id)  # read before the pop: a failing read leaves the job queued
-                self.queue.pop(variant)
+                self.queue.pop(variant, job_id)
                 if rec is None or rec.status != JobStatus.queued:
                     continue
                 breaker.started()
@@ -492,14 +570,14 @@ class JobEngine:
         of it reached a generator (its start could not be written, or the call not be made). Its
         variant's dispatch pauses ``pause_s`` seconds, so a failing store is not hammered."""
         run = self.running[job_id]
-        self.queue.push(job_id, run.spec.variant, front=True)
+        self.queue.push(job_id, run.spec.variant, run.spec.owner, front=True)
         self._paused_until[run.spec.variant] = self.monotonic() + pause_s
         self._update(job_id, status=JobStatus.queued, phase=None, step=0, attempts=max(run.attempts - 1, 0))
 
     def _requeue_first(self, spec: JobSpec) -> None:
         """Put a job that was running back at the front of its queue: it was the oldest of its
         variant when it started."""
-        self.queue.push(spec.id, spec.variant, front=True)
+        self.queue.push(spec.id, spec.variant, spec.owner, front=True)
         self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
 
     def finish(self, job_id: str) -> float | None:
@@ -529,7 +607,7 @@ class JobEngine:
             )
             breaker.failed(STREAM_ENDED)
         elif rec is not None and rec.status == JobStatus.queued and job_id not in self.queue:
-            self.queue.push(job_id, run.spec.variant, front=True)
+            self.queue.push(job_id, run.spec.variant, run.spec.owner, front=True)
         if run.canceled:
             breaker.neutral()
             self.remove_result(rec or self._get(job_id), run)
@@ -564,13 +642,13 @@ class JobEngine:
 
     # ---- cancel and delete --------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> RunningJob | None:
+    def cancel(self, job_id: str, caller: Caller = OPEN) -> RunningJob | None:
         """Mark a queued or running job ``canceled`` (a terminal job stays as it is).
 
         A queued job leaves the queue and its inputs go; a running one is returned, flagged, for
         the caller to stop its generator call. Raises JobNotFound.
         """
-        rec = self._get(job_id)
+        rec = self._get(job_id, caller)
         if rec.status.terminal:
             return None
         self._update(
@@ -587,15 +665,20 @@ class JobEngine:
             run.canceled = True
         return run
 
-    def select(self, ids: list[str] | None, status: JobStatus | None, all_jobs: bool) -> list[JobRecord]:
-        """The jobs a delete names: all, by ids, or by status (nothing when none is given)."""
+    def select(
+        self, ids: list[str] | None, status: JobStatus | None, all_jobs: bool, caller: Caller = OPEN
+    ) -> list[JobRecord]:
+        """The caller's jobs a delete names: all, by ids, or by status (nothing when none is given).
+        For an admin key (or an open service) "the caller's" is every job."""
         if all_jobs:
-            return self.store.all()
-        if ids:
-            return self.store.by_ids(ids)
-        if status is not None:
-            return self.store.by_status([status])
-        return []
+            selected = self.store.all()
+        elif ids:
+            selected = self.store.by_ids(ids)
+        elif status is not None:
+            selected = self.store.by_status([status])
+        else:
+            selected = []
+        return [rec for rec in selected if caller.sees(rec.owner)]
 
     async def delete_jobs(
         self,
@@ -604,13 +687,14 @@ class JobEngine:
         all_jobs: bool,
         delete_files: bool,
         cancel: Callable[[str], Awaitable[object]],
+        caller: Caller = OPEN,
     ) -> dict[str, list[str]]:
         """Cancel the selected queued and running jobs with ``cancel`` (the router's, which also stops
         their generator calls), then remove every selected job (``delete``).
 
         Returns ``{"deleted": [ids], "canceled": [ids], "files_deleted": [filenames]}``.
         """
-        selected = self.select(ids, status, all_jobs)
+        selected = self.select(ids, status, all_jobs, caller)
         canceled = [rec.id for rec in selected if not rec.status.terminal]
         for job_id in canceled:
             await cancel(job_id)
@@ -646,26 +730,42 @@ class JobEngine:
 
     # ---- result files -------------------------------------------------------------------------
 
-    def videos(self) -> list[JobView]:
-        """Successful jobs whose file exists, oldest first."""
-        return [self.view(r) for r in self.store.videos() if self.files.exists(r.filename)]
+    def videos(self, after: str | None = None, limit: int = 100, caller: Caller = OPEN) -> tuple[list[JobView], bool]:
+        """A page of the caller's successful jobs whose file exists, oldest first, after job
+        ``after``, and whether more follow.
 
-    def delete_videos(self, filenames: list[str] | None, ids: list[str] | None, all_videos: bool) -> list[str]:
-        """Delete result files (the jobs stay, marked file_deleted). Returns the names deleted."""
-        recs = self.store.videos()
+        Raises:
+            JobNotFound: ``after`` is not one of them.
+        """
+        try:
+            records, more = self.store.videos_page(after, limit, caller.scope)
+        except KeyError:
+            raise JobNotFound(f"no video of job {after!r} to list after") from None
+        return [self.view(r) for r in records if self.files.exists(r.filename)], more
+
+    def delete_videos(
+        self, filenames: list[str] | None, ids: list[str] | None, all_videos: bool, caller: Caller = OPEN
+    ) -> list[str]:
+        """Delete the caller's result files (the jobs stay, marked file_deleted). Returns the names deleted."""
+        recs = self.store.videos(caller.scope)
         if not all_videos:
             wanted_names, wanted_ids = set(filenames or []), set(ids or [])
             recs = [r for r in recs if r.filename in wanted_names or r.id in wanted_ids]
         return [r.filename for r in recs if self._delete_file(r) and r.filename]
 
-    def check_file(self, filename: str) -> str:
-        """``filename`` when it is the result file of a successful job and still exists.
+    def check_file(self, filename: str, caller: Caller = OPEN) -> str:
+        """``filename`` when it is the result file of a successful job of the caller's and still exists.
 
         Raises:
-            FileNotFoundForJob: otherwise.
+            FileNotFoundForJob: otherwise (the same for another key's file).
         """
         rec = self.store.filename_owner(filename)
-        if rec is None or rec.status != JobStatus.success or not self.files.exists(filename):
+        if (
+            rec is None
+            or not caller.sees(rec.owner)
+            or rec.status != JobStatus.success
+            or not self.files.exists(filename)
+        ):
             raise FileNotFoundForJob(f"no video named {filename!r}; GET /videos lists them")
         return filename
 

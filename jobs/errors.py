@@ -66,6 +66,24 @@ class QueueFull(ServiceError):
     code = "queue_full"
 
 
+class QuotaExceeded(ServiceError):
+    """An API key is over one of its quotas (HTTP 429 with Retry-After; ``limit`` names which)."""
+
+    code = "quota_exceeded"
+
+
+class Unauthenticated(ServiceError):
+    """The request carries no valid API key while the service requires one (HTTP 401)."""
+
+    code = "invalid_api_key"
+
+
+class MissingApiKey(Unauthenticated):
+    """No ``Authorization: Bearer`` key at all (HTTP 401)."""
+
+    code = "missing_api_key"
+
+
 class VariantNotDeployed(ServiceError):
     """The request names a variant that this application does not serve (HTTP 404)."""
 

@@ -135,6 +135,9 @@ class JobSpec(BaseModel):
         default=True, description="VACE: copy the source pixels outside the mask into the result (paste-back)."
     )
     webhook: WebhookSpec | None = Field(default=None, description="Signed webhooks for this job's events, if any.")
+    owner: str | None = Field(
+        default=None, description="Public id of the API key that submitted the job; None on an open service."
+    )
 
 
 class ProgressEvent(BaseModel):
@@ -214,6 +217,7 @@ class JobRecord(BaseModel):
     finished_at: float | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    owner: str | None = Field(default=None, description="Public id of the submitting API key; None when open.")
 
     @property
     def has_file(self) -> bool:

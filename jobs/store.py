@@ -60,7 +60,7 @@ ETA_EMA_ALPHA = 0.3
 
 
 #: Columns added after the first release, with their types: added to an older jobs.db on open.
-_ADDED_COLUMNS = {"idempotency_key": "TEXT", "request_hash": "TEXT"}
+_ADDED_COLUMNS = {"idempotency_key": "TEXT", "request_hash": "TEXT", "owner": "TEXT"}
 
 
 class JobStore(Protocol):
@@ -75,10 +75,14 @@ class JobStore(Protocol):
     def by_ids(self, ids: Iterable[str]) -> list[JobRecord]: ...
     def by_idempotency_key(self, key: str) -> JobRecord | None: ...
     def all(self) -> list[JobRecord]: ...
-    def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobRecord], bool]: ...
-    def newest_with_prompt(self, prompt: str) -> JobRecord | None: ...
+    def page(
+        self, after: str | None, limit: int, descending: bool, owner: str | None = None
+    ) -> tuple[list[JobRecord], bool]: ...
+    def newest_with_prompt(self, prompt: str, owner: str | None = None) -> JobRecord | None: ...
     def filename_owner(self, filename: str) -> JobRecord | None: ...
-    def videos(self) -> list[JobRecord]: ...
+    def videos(self, owner: str | None = None) -> list[JobRecord]: ...
+    def videos_page(self, after: str | None, limit: int, owner: str | None = None) -> tuple[list[JobRecord], bool]: ...
+    def submitted_since(self, since: float) -> list[tuple[str | None, float]]: ...
     def ended_before(self, cutoff: float) -> list[JobRecord]: ...
     def delete(self, ids: Iterable[str]) -> None: ...
     def avg_job_seconds(self, variant: str) -> float | None: ...
@@ -245,6 +249,7 @@ class SqliteJobStore:
             "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(idempotency_key) "
             "WHERE idempotency_key IS NOT NULL"
         )
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq)")
 
     def close(self) -> None:
         self.db.close()
@@ -282,7 +287,7 @@ class SqliteJobStore:
         with self.db.write("insert", {"id": spec.id}):
             self._db.execute(
                 "INSERT INTO jobs (id, variant, prompt, spec, status, filename, total_steps, created_at, "
-                "idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "idempotency_key, request_hash, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     spec.id,
                     spec.variant,
@@ -294,6 +299,7 @@ class SqliteJobStore:
                     time.time(),
                     idempotency_key,
                     request_hash,
+                    spec.owner,
                 ),
             )
         rec = self.get(spec.id)
@@ -358,30 +364,50 @@ class SqliteJobStore:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY seq").fetchall()
         return self._rows(rows)
 
-    def page(self, after: str | None, limit: int, descending: bool) -> tuple[list[JobRecord], bool]:
-        """Up to ``limit`` jobs in submission order (newest first when ``descending``), starting
-        after job ``after``. Returns the jobs and whether more follow. Raises KeyError for an
-        unknown ``after``."""
+    def _keyset_page(
+        self, conditions: list[str], args: list[Any], after: str | None, limit: int, descending: bool
+    ) -> tuple[list[JobRecord], bool]:
+        """Up to ``limit`` jobs meeting every SQL condition, in ``seq`` order, after job ``after``
+        (which must meet them too). Raises KeyError for an unknown ``after``."""
         order, cmp = ("DESC", "<") if descending else ("ASC", ">")
+        where = " AND ".join(conditions) or "1"
         with self._lock:
-            start = None
             if after is not None:
-                row = self._db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
+                row = self._db.execute(f"SELECT seq FROM jobs WHERE id = ? AND {where}", (after, *args)).fetchone()
                 if row is None:
                     raise KeyError(after)
-                start = row[0]
-            where, args = (f"WHERE seq {cmp} ?", [start]) if start is not None else ("", [])
+                conditions, args = [*conditions, f"seq {cmp} ?"], [*args, row[0]]
+                where = " AND ".join(conditions)
             rows = self._db.execute(
-                f"SELECT * FROM jobs {where} ORDER BY seq {order} LIMIT ?", [*args, limit + 1]
+                f"SELECT * FROM jobs WHERE {where} ORDER BY seq {order} LIMIT ?", [*args, limit + 1]
             ).fetchall()
         return self._rows(rows[:limit]), len(rows) > limit
 
-    def newest_with_prompt(self, prompt: str) -> JobRecord | None:
+    def page(
+        self, after: str | None, limit: int, descending: bool, owner: str | None = None
+    ) -> tuple[list[JobRecord], bool]:
+        """Up to ``limit`` jobs (of ``owner`` only, unless None) in submission order (newest first
+        when ``descending``), starting after job ``after``. Returns the jobs and whether more
+        follow. Raises KeyError for an unknown ``after`` (or one of another owner)."""
+        conditions, args = (["owner = ?"], [owner]) if owner is not None else ([], [])
+        return self._keyset_page(conditions, args, after, limit, descending)
+
+    def newest_with_prompt(self, prompt: str, owner: str | None = None) -> JobRecord | None:
+        """The newest job with exactly ``prompt`` (of ``owner`` only, unless None)."""
+        mine, args = ("AND owner = ?", [owner]) if owner is not None else ("", [])
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM jobs WHERE prompt = ? ORDER BY seq DESC LIMIT 1", (prompt,)
+                f"SELECT * FROM jobs WHERE prompt = ? {mine} ORDER BY seq DESC LIMIT 1", (prompt, *args)
             ).fetchone()
         return self._row(row)
+
+    def submitted_since(self, since: float) -> list[tuple[str | None, float]]:
+        """(owner, created_at) of every job submitted at or after ``since`` (Unix seconds), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT owner, created_at FROM jobs WHERE created_at >= ? ORDER BY seq", (since,)
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def filename_owner(self, filename: str) -> JobRecord | None:
         """The job that owns ``filename`` (its file may be written, pending or deleted)."""
@@ -393,14 +419,25 @@ class SqliteJobStore:
             ).fetchone()
         return self._row(row)
 
-    def videos(self) -> list[JobRecord]:
-        """Successful jobs whose file has not been deleted, oldest first."""
+    def videos(self, owner: str | None = None) -> list[JobRecord]:
+        """Successful jobs (of ``owner`` only, unless None) whose file has not been deleted, oldest first."""
+        mine, args = ("AND owner = ?", [owner]) if owner is not None else ("", [])
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs WHERE status = ? AND file_deleted = 0 AND filename IS NOT NULL ORDER BY seq",
-                (JobStatus.success.value,),
+                f"SELECT * FROM jobs WHERE status = ? AND file_deleted = 0 AND filename IS NOT NULL {mine} "
+                "ORDER BY seq",
+                (JobStatus.success.value, *args),
             ).fetchall()
         return self._rows(rows)
+
+    def videos_page(self, after: str | None, limit: int, owner: str | None = None) -> tuple[list[JobRecord], bool]:
+        """A page of ``videos(owner)``, oldest first, after job ``after``. Raises KeyError for an
+        ``after`` that is not one of them."""
+        conditions = ["status = ?", "file_deleted = 0", "filename IS NOT NULL"]
+        args: list[Any] = [JobStatus.success.value]
+        if owner is not None:
+            conditions, args = [*conditions, "owner = ?"], [*args, owner]
+        return self._keyset_page(conditions, args, after, limit, descending=False)
 
     def delete(self, ids: Iterable[str]) -> None:
         """Remove jobs (what refers to them, like webhook records, is removed by its own store)."""

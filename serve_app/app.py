@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
+from auth.signed_urls import derive_key
 from deployments.generator import Generator
 from deployments.replica_status import generator_deployment_name
 from deployments.router import Router
@@ -66,6 +67,18 @@ class AppArgs(QueuePolicy, RetentionPolicy):
         description="Live progress streams (SSE and WebSocket) one ingress replica keeps open at once; "
         "past it, 429 too_many_streams. Below the ingress's max_ongoing_requests (200), so status calls "
         "and /health always find room.",
+    )
+    max_event_streams_per_key: int = Field(
+        default=20,
+        ge=1,
+        description="Live progress streams one API key keeps open at once on one ingress replica; past it, "
+        "429 too_many_streams.",
+    )
+    file_url_ttl_s: float = Field(
+        default=3600.0,
+        ge=60,
+        description="How long a signed download URL (file_url) stays valid, seconds; rounded up to 300 s. "
+        "Status calls hand out fresh ones.",
     )
     fault_file: Path | None = Field(
         default=None,
@@ -155,4 +168,8 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         retention_days=retention.retention_days,
         model_dir=str(store.model_dir),
         max_event_streams=args.max_event_streams,
+        max_event_streams_per_key=args.max_event_streams_per_key,
+        # One secret for the service: download URLs are signed with a key derived from it.
+        url_signing_key=derive_key(secret, "file-urls"),
+        file_url_ttl_s=args.file_url_ttl_s,
     )

@@ -16,6 +16,10 @@ OPERATOR_PANEL = "Operator: run the service"
 app = typer.Typer(help="wan-serve: serve Wan 2.2 video models with Ray Serve.", no_args_is_help=True)
 models = typer.Typer(help="Model store: variants and their weights.", no_args_is_help=True)
 app.add_typer(models, name="models", rich_help_panel=OPERATOR_PANEL)
+keys = typer.Typer(
+    help="API keys: who may use the service (kept in the job store; only a hash of each).", no_args_is_help=True
+)
+app.add_typer(keys, name="keys", rich_help_panel=OPERATOR_PANEL)
 register_client_commands(app)
 
 
@@ -220,6 +224,107 @@ def plan_model(
         )
     typer.echo(f"{v.name}, {frames} frames at {s}, from {source}; peak = on device + activations + margin")
     Console(width=200).print(table)
+
+
+DATA_DIR_OPTION = typer.Option(
+    None, "--data-dir", help="The service's data folder (its jobs.db); default WAN_SERVE_DATA_DIR or ./var."
+)
+
+
+def _key_store(data_dir: Path | None):
+    from auth.keys import KeyStore
+    from jobs.config import DataLayout, make_private_dir
+    from jobs.store import SqliteDatabase
+    from serve_app.settings import ServiceSettings
+
+    layout = DataLayout(data_dir=make_private_dir((data_dir or ServiceSettings().data_dir).resolve()))
+    return KeyStore(SqliteDatabase(layout.jobs_db))
+
+
+@keys.command("create")
+def create_key(
+    name: str = typer.Option(..., "--name", help="Who the key is for, e.g. team-a; unique among live keys."),
+    admin: bool = typer.Option(False, "--admin", help="The key sees, cancels and deletes every key's jobs."),
+    max_running: int | None = typer.Option(None, min=1, help="Jobs of this key on generators at once."),
+    max_queued: int | None = typer.Option(None, min=1, help="Jobs of this key waiting at once (then 429)."),
+    jobs_per_hour: int | None = typer.Option(None, min=1, help="Jobs this key submits per hour (then 429)."),
+    data_dir: Path | None = DATA_DIR_OPTION,
+) -> None:
+    """Make an API key and print it, once: only its hash is kept. The service requires keys from
+    then on (within 5 s if it is running)."""
+    from auth.keys import KeyNameTaken
+    from jobs.ownership import Quotas
+
+    quotas = Quotas(max_running=max_running, max_queued=max_queued, jobs_per_hour=jobs_per_hour)
+    try:
+        key, secret = _key_store(data_dir).create(name, admin=admin, quotas=quotas)
+    except (KeyNameTaken, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"{key.id} {key.name}{' (admin)' if key.admin else ''}: the key follows; store it now, it is not shown again",
+        err=True,
+    )
+    typer.echo(secret)
+
+
+@keys.command("list")
+def list_keys(
+    revoked: bool = typer.Option(False, "--revoked", help="Show revoked keys too."),
+    data_dir: Path | None = DATA_DIR_OPTION,
+) -> None:
+    """API keys: id, name, its first characters, scope, quotas, when made and last used."""
+    import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    def when(t: float | None) -> str:
+        return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else "-"
+
+    table = Table(
+        "id",
+        "name",
+        "key",
+        "scope",
+        "max running",
+        "max queued",
+        "jobs/hour",
+        "created",
+        "last used",
+        *(["revoked"] if revoked else []),
+        box=None,
+        pad_edge=False,
+    )
+    for k in _key_store(data_dir).list(include_revoked=revoked):
+        q = k.quotas
+        table.add_row(
+            k.id,
+            k.name,
+            k.shown + "...",
+            "admin" if k.admin else "own jobs",
+            *(str(v) if v is not None else "-" for v in (q.max_running, q.max_queued, q.jobs_per_hour)),
+            when(k.created_at),
+            when(k.last_used_at),
+            *([when(k.revoked_at)] if revoked else []),
+        )
+    Console(width=200).print(table)
+
+
+@keys.command("revoke")
+def revoke_key(
+    name_or_id: str = typer.Argument(..., help="The key's name or id (key_...)."),
+    data_dir: Path | None = DATA_DIR_OPTION,
+) -> None:
+    """Revoke a key: requests with it fail within 5 s. Its jobs stay (an admin key still sees them)."""
+    from auth.keys import KeyNotFound
+
+    try:
+        key = _key_store(data_dir).revoke(name_or_id)
+    except KeyNotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{key.id} {key.name}: revoked")
 
 
 @app.command("render-config", rich_help_panel=OPERATOR_PANEL)

@@ -7,20 +7,24 @@ The API docs (/docs, /redoc) load Swagger UI and ReDoc from this app, not from a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from auth.signed_urls import UrlSigner
 from deployments.replica_status import generator_statuses
 from jobs.config import DataLayout
+from jobs.ownership import Caller
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 from serve_app import errors
+from serve_app.authentication import Authenticator, check_listen, optional_caller
 from serve_app.event_streams import StreamSlots
 from serve_app.generate import routes as generate_routes
 from serve_app.generate.routes import GenerateRoutes
@@ -34,6 +38,8 @@ from serve_app.videos import routes as videos_routes
 from serve_app.videos.routes import VideosRoutes
 from serve_app.videos.serving import VideosService
 
+logger = logging.getLogger("ray.serve")
+
 api = FastAPIOffline(
     title="wan-serve",
     summary="Wan 2.2 video generation over HTTP: submit a prompt, poll progress, download an MP4.",
@@ -45,23 +51,29 @@ probes = APIRouter()
 
 
 class HealthRoutes:
-    """Liveness and readiness. Needs ``jobs`` (for the deployed variants)."""
+    """Liveness and readiness, open to all (load balancers and Kubernetes probes have no key).
+    Needs ``jobs`` (for the deployed variants) and ``auth``."""
 
     jobs: JobService
+    auth: Authenticator
 
     @probes.get("/health")
     async def health(self) -> dict:
-        """Liveness: the HTTP process answers. No model work, no Ray calls."""
-        return {"status": "ok"}
+        """Liveness: the HTTP process answers; and whether it runs ``open`` (no API keys, loopback
+        only) or needs ``api_keys``. No model work; the key count is cached (a Ray call at most
+        every 5 s)."""
+        return {"status": "ok", "auth": "api_keys" if await self.auth.required() else "open"}
 
     @probes.get("/ready", responses={503: {"description": "Some variant has no running generator replica."}})
-    async def ready(self) -> Response:
-        """Readiness: every configured variant has at least one running generator replica."""
+    async def ready(self, caller: Caller | None = Depends(optional_caller)) -> Response:
+        """Readiness: every configured variant has at least one running generator replica. Without a
+        valid key (when keys are needed) only ``status``; with one, each variant's replicas too."""
         app_name = serve.get_replica_context().app_name
         statuses = await asyncio.to_thread(generator_statuses, app_name, sorted(self.jobs.variants))
-        variants = {name: st.model_dump(exclude_none=True) for name, st in statuses.items()}
         ready = all(st.ready for st in statuses.values())
-        body = {"status": "ready" if ready else "not_ready", "variants": variants}
+        body: dict = {"status": "ready" if ready else "not_ready"}
+        if caller is not None:
+            body["variants"] = {name: st.model_dump(exclude_none=True) for name, st in statuses.items()}
         return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -73,6 +85,22 @@ studio_routes.mount(api)
 #: Requests one ingress replica serves at once (Ray Serve's max_ongoing_requests); live event
 #: streams may hold at most AppArgs.max_event_streams of them.
 INGRESS_MAX_ONGOING_REQUESTS = 200
+
+
+def serve_listen_host() -> str:
+    """The host Ray Serve's HTTP proxies listen on (``http_options.host``).
+
+    Read from the Serve controller's client, which Ray does not document as public; if it cannot
+    be read, "0.0.0.0" (every address), so that keys are required rather than silently not.
+    """
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client()
+        return str(client.http_config.host) if client is not None else "0.0.0.0"
+    except Exception:  # an unknown listen address must not mean an open service
+        logger.warning("could not read Ray Serve's http_options.host; requiring API keys")
+        return "0.0.0.0"
 
 
 @serve.deployment(max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0})
@@ -88,10 +116,16 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
             ports it admits for public receivers (default 80, 443).
         retention_days: sets ``expires_at`` of /v1/videos objects; None: kept until deleted.
         model_dir: the model store (LoRA adapters); None: WAN_SERVE_MODEL_DIR or ./models.
-        max_event_streams: SSE and WebSocket streams this replica keeps open at once.
+        max_event_streams: SSE and WebSocket streams this replica keeps open at once;
+            max_event_streams_per_key of them for one API key.
+        url_signing_key: the HMAC key of signed download URLs (auth/signed_urls.py); file_url_ttl_s
+            how long one stays valid.
+
+    Raises:
+        AuthRequired: Serve listens beyond loopback and no API key exists.
     """
 
-    def __init__(
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self,
         router: DeploymentHandle,
         variants: dict[str, VariantConfig],
@@ -102,8 +136,21 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         retention_days: float | None = None,
         model_dir: str | None = None,
         max_event_streams: int = 100,
+        max_event_streams_per_key: int = 20,
+        url_signing_key: bytes = b"",
+        file_url_ttl_s: float = 3600.0,
     ) -> None:
         self.router = router
+        host = serve_listen_host()
+        live_keys = await router.live_keys.remote()
+        check_listen(host, live_keys)
+        self.auth = Authenticator(router, host)
+        if not await self.auth.required():
+            logger.warning(
+                "wan-serve runs OPEN on %s: no API keys exist, so anyone on this machine can use it. "
+                "`wan-serve keys create --name NAME` turns keys on.",
+                host,
+            )
         self.layout = layout
         store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
         self.jobs = JobService(
@@ -114,7 +161,8 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
             webhook_allow_networks,
             store=store,
             webhook_allow_ports=webhook_allow_ports,
+            signer=UrlSigner(url_signing_key, file_url_ttl_s) if url_signing_key else None,
         )
         self.videos = VideosService(self.jobs, retention_days)
         self.catalog = VariantsService(self.jobs, deployed_at=time.time())
-        self.streams = StreamSlots(max_event_streams)
+        self.streams = StreamSlots(max_event_streams, max_event_streams_per_key)

@@ -88,3 +88,17 @@ def wait_for(client: httpx.Client, job_id: str, until, timeout: float = 120.0, p
 
 def wait_terminal(client, job_id, timeout=120.0):
     return wait_for(client, job_id, lambda s: s["status"] in TERMINAL, timeout)
+
+
+def all_videos(client: httpx.Client, **params) -> list[dict]:
+    """Every entry of GET /videos, page after page (oldest first)."""
+    videos: list[dict] = []
+    after = None
+    while True:
+        page = client.get("/videos", params={"limit": 100, **({"after": after} if after else {}), **params})
+        assert page.status_code == 200, page.text
+        body = page.json()
+        videos += body["data"]
+        if not body["has_more"]:
+            return videos
+        after = body["last_id"]

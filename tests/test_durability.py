@@ -19,7 +19,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import deploy
+from tests.conftest import all_videos, deploy
 from tests.fault_harness import AppUnderTest, check_invariants, disarm_after_each
 from tests.media_samples import CHELSEA
 
@@ -269,7 +269,7 @@ def test_retention_purges_old_jobs_and_the_disk_cap_deletes_the_oldest_files(dur
     assert old in result["jobs_deleted"] and recent not in result["jobs_deleted"]
     assert dura.client.get(f"/status/{old}").status_code == 404 and not old_file.exists()
     # The cap: what is left fits in it, and every deleted file is older than every kept one.
-    videos = dura.client.get("/videos").json()
+    videos = all_videos(dura.client)
     kept = sum((dura.data_dir / "outputs" / v["filename"]).stat().st_size for v in videos)
     assert 0 < kept <= CAP_BYTES and recent in [v["job_id"] for v in videos]
     deleted = [f for f in result["files_deleted"] if f != old_file.name]

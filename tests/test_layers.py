@@ -16,9 +16,11 @@ FORBIDDEN = {
     "webhooks": {"ray", "fastapi", "starlette", "deployments", "serve_app", "media"},
     "model_store": {"ray", "fastapi", "starlette", "deployments", "serve_app", "webhooks", "media", "jobs"},
     "deployments": {"fastapi", "starlette", "serve_app"},
+    # API keys and signed URLs: plain Python over the job store's database.
+    "auth": {"ray", "fastapi", "starlette", "deployments", "serve_app", "webhooks", "media"},
     # The client runs on people's machines: HTTP only, nothing of the server.
     "wan_client": {"ray", "fastapi", "starlette", "torch", "diffusers", "jobs", "media", "webhooks", "model_store",
-                   "deployments", "serve_app"},
+                   "deployments", "serve_app", "auth"},
 }
 
 

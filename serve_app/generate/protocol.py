@@ -204,10 +204,18 @@ class VideoInfo(BaseModel):
     """One entry of GET /videos."""
 
     filename: str
-    file_url: str
+    file_url: str = Field(description="Signed download URL, valid without a key until it expires.")
     job_id: str
     size_bytes: int
     created_at: float = Field(description="Unix seconds when the job finished.")
+
+
+class VideoInfoList(BaseModel):
+    """GET /videos: one page of result videos, oldest first."""
+
+    data: list[VideoInfo] = Field(description="The videos of this page.")
+    has_more: bool = Field(description="More videos follow: ask again with after=last_id.")
+    last_id: str | None = Field(description="Job id of the last video of this page; null on an empty page.")
 
 
 class DeleteJobsResult(BaseModel):

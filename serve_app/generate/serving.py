@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, get_args
 
+from auth.signed_urls import UrlSigner
 from jobs.errors import (
     AdapterNotDeployed,
     JobNotFound,
@@ -37,6 +38,7 @@ from jobs.model import (
     WebhookEvent,
     WebhookSpec,
 )
+from jobs.ownership import OPEN, Caller
 from model_store.adapters import AdapterNotFound, adapter_for, list_adapters
 from model_store.settings import StoreSettings
 from model_store.variants import Size, VariantConfig
@@ -122,6 +124,7 @@ class JobService:
         webhook_allow_networks: networks the SSRF guard admits; ``webhook_allow_ports`` the ports
             it admits for public receivers; ``resolve`` its resolver.
         store: the model store (LoRA adapters).
+        signer: signs the ``file_url`` of responses (auth/signed_urls.py).
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class JobService:
         resolve: Resolver = system_resolve,
         webhook_allow_ports: list[int] | None = None,
         store: StoreSettings | None = None,
+        signer: UrlSigner | None = None,
     ) -> None:
         self.router = router
         self.inputs_root = Path(inputs_root)
@@ -144,6 +148,7 @@ class JobService:
         self.webhook_allow_ports = list(webhook_allow_ports or DEFAULT_WEBHOOK_PORTS)
         self.decode_pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="decode")
         self.resolve = resolve
+        self.signer = signer or UrlSigner(secrets.token_bytes(32), ttl_s=3600)
 
     def webhook_spec(self, url: str | None, events: list[WebhookEvent] | None) -> WebhookSpec | None:
         """The checked webhook of a request, or None without ``url``. Resolves the host (blocking).
@@ -296,8 +301,10 @@ class JobService:
         uploads: list[Upload] | None,
         spec: JobSpec | None = None,
         idempotent: tuple[str, str] | None = None,
+        caller: Caller = OPEN,
     ) -> JobView:
-        """Build (unless given), store the inputs of, and submit one job; returns the router's view.
+        """Build (unless given), store the inputs of, and submit one job of ``caller``; returns the
+        router's view.
 
         ``idempotent`` is (key, request hash): a key seen before returns its job, built once. Inputs
         are removed again when the router refuses the job or a concurrent twin won its key.
@@ -307,7 +314,7 @@ class JobService:
         """
         key, request_hash = idempotent or (None, None)
         if key is not None:
-            earlier = await self.router.find_idempotent.remote(key, request_hash)
+            earlier = await self.router.find_idempotent.remote(key, request_hash, caller=caller)
             if earlier is not None:
                 return earlier
         if spec is None:
@@ -320,11 +327,11 @@ class JobService:
                 built.inputs = await asyncio.to_thread(prepared.save, self.inputs_root / built.id)
             spec = built
         try:
-            view = await self.router.submit.remote(spec, key, request_hash)
+            view = await self.router.submit.remote(spec, key, request_hash, caller=caller)
         except Exception as exc:
             # Refused (queue full, filename taken): the job does not exist, so neither do its inputs.
             # Anything else (the router died): it may have stored the job before dying, so ask.
-            stored = None if isinstance(unwrap(exc), ServiceError) else await self._stored(spec.id)
+            stored = None if isinstance(unwrap(exc), ServiceError) else await self._stored(spec.id, caller)
             if stored is None:
                 await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
                 raise
@@ -333,7 +340,7 @@ class JobService:
             await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
         return view
 
-    async def _stored(self, job_id: str) -> JobView | None:
+    async def _stored(self, job_id: str, caller: Caller) -> JobView | None:
         """The job as the router has it, or None when it is known not to be stored; asks again while
         the router restarts, up to STORED_CHECK_S.
 
@@ -343,7 +350,7 @@ class JobService:
         deadline = time.monotonic() + STORED_CHECK_S
         while True:
             try:
-                return await self.router.status.remote(job_id)
+                return await self.router.status.remote(job_id, caller=caller)
             except Exception as exc:
                 if isinstance(unwrap(exc), JobNotFound):
                     return None
@@ -355,8 +362,11 @@ class JobService:
     def accepted(view: JobView) -> GenerateAccepted:
         return GenerateAccepted(id=view.id, queue_position=view.queue_position, eta_seconds=view.eta_seconds)
 
-    @staticmethod
-    def status(view: JobView) -> JobStatusResponse:
+    def signed(self, url: str | None) -> str | None:
+        """A download path as a signed, expiring URL (None stays None)."""
+        return self.signer.sign(url) if url else None
+
+    def status(self, view: JobView) -> JobStatusResponse:
         return JobStatusResponse(
             id=view.id,
             status=view.status,
@@ -372,7 +382,7 @@ class JobService:
             attempts=view.attempts,
             seed=view.params.seed,
             filename=view.filename,
-            file_url=view.file_url,
+            file_url=self.signed(view.file_url),
             error=view.error.model_dump() if view.error else None,
             webhook=view.webhook,
             created_at=view.created_at,
@@ -385,12 +395,11 @@ class JobService:
             finished_at=view.finished_at,
         )
 
-    @staticmethod
-    def video(view: JobView) -> VideoInfo:
+    def video(self, view: JobView) -> VideoInfo:
         assert view.filename is not None and view.file_url is not None
         return VideoInfo(
             filename=view.filename,
-            file_url=view.file_url,
+            file_url=self.signer.sign(view.file_url),
             job_id=view.id,
             size_bytes=(view.result or {}).get("size_bytes", 0),
             created_at=view.finished_at or view.created_at,

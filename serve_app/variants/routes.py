@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from ray import serve
 
 from deployments.replica_status import GeneratorStatus, generator_statuses
+from serve_app.authentication import current_caller
 from serve_app.variants.protocol import ModelList, VariantList
 from serve_app.variants.serving import VariantsService
 
-router = APIRouter()
+# Deployed variants and queue lengths are no one's secret, but not for the public either: a key.
+router = APIRouter(dependencies=[Depends(current_caller)])
 
 
 class VariantsRoutes:

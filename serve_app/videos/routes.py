@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from jobs.config import DataLayout
 from jobs.errors import FileNotFoundForJob
 from jobs.model import OUTPUT_FORMATS, JobStatus
+from jobs.ownership import Caller
 from media.previews import spritesheet_jpeg, thumbnail_jpeg
+from serve_app.authentication import current_caller
 from serve_app.errors import ERROR_RESPONSES
 from serve_app.generate.serving import JobService, idempotency
 from serve_app.request_body import read_fields_and_files
@@ -23,6 +25,9 @@ from serve_app.videos.protocol import RemixRequest, Video, VideoDeleted, VideoLi
 from serve_app.videos.serving import VIDEO_FILE_FIELDS, VideosService
 
 router = APIRouter(tags=["openai"])
+
+#: The caller of a route (when auth is on, the API key is OpenAI's ``api_key``).
+CallerDep = Depends(current_caller)
 
 
 class VideosRoutes:
@@ -34,13 +39,13 @@ class VideosRoutes:
     layout: DataLayout
 
     @router.post("/v1/videos", response_model=Video, responses=ERROR_RESPONSES)
-    async def create_video(self, request: Request) -> Video:
+    async def create_video(self, request: Request, caller: Caller = CallerDep) -> Video:
         """OpenAI ``videos.create``: prompt, model (a variant), seconds, size, and an optional
         ``input_reference`` image (multipart) for image-to-video."""
         fields, uploads = await read_fields_and_files(request, VIDEO_FILE_FIELDS)
         req, images = self.videos.generate_request(fields, uploads)
         key = idempotency(request.url.path, request.headers.get("idempotency-key"), req, images)
-        return self.videos.video(await asyncio.shield(self.jobs.submit(req, images, idempotent=key)))
+        return self.videos.video(await asyncio.shield(self.jobs.submit(req, images, idempotent=key, caller=caller)))
 
     @router.get("/v1/videos", response_model=VideoList, responses=ERROR_RESPONSES)
     async def list_videos(
@@ -48,24 +53,25 @@ class VideosRoutes:
         after: str | None = Query(default=None, description="Id of the last video of the previous page."),
         limit: int = Query(default=20, ge=1, le=100, description="Videos per page."),
         order: Literal["asc", "desc"] = Query(default="desc", description="By creation time."),
+        caller: Caller = CallerDep,
     ) -> VideoList:
-        """OpenAI ``videos.list``: every job of this service, newest first by default."""
-        views, more = await self.router.page.remote(after, limit, order == "desc")
+        """OpenAI ``videos.list``: the caller's jobs (an admin key's: every job), newest first by default."""
+        views, more = await self.router.page.remote(after, limit, order == "desc", caller=caller)
         data = [self.videos.video(v) for v in views]
         return VideoList(
             data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=more
         )
 
     @router.get("/v1/videos/{video_id}", response_model=Video, responses=ERROR_RESPONSES)
-    async def retrieve_video(self, video_id: str) -> Video:
+    async def retrieve_video(self, video_id: str, caller: Caller = CallerDep) -> Video:
         """OpenAI ``videos.retrieve``."""
-        return self.videos.video(await self.router.status.remote(video_id))
+        return self.videos.video(await self.router.status.remote(video_id, caller=caller))
 
     @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted, responses=ERROR_RESPONSES)
-    async def delete_video(self, video_id: str) -> VideoDeleted:
+    async def delete_video(self, video_id: str, caller: Caller = CallerDep) -> VideoDeleted:
         """OpenAI ``videos.delete``: cancels the job if it is unfinished, removes it and its file."""
-        await self.router.status.remote(video_id)  # 404 for an unknown id
-        await self.router.delete_jobs.remote([video_id], None, False, True)
+        await self.router.status.remote(video_id, caller=caller)  # 404 for an unknown id, or another key's
+        await self.router.delete_jobs.remote([video_id], None, False, True, caller=caller)
         return VideoDeleted(id=video_id)
 
     @router.get(
@@ -80,12 +86,13 @@ class VideosRoutes:
             description="video: the MP4; thumbnail: its middle frame (JPEG); spritesheet: "
             "up to 16 evenly spaced frames in a 4-column grid (JPEG).",
         ),
+        caller: Caller = CallerDep,
     ) -> Response:
         """OpenAI ``videos.download_content``, once the video is completed."""
-        view = await self.router.status.remote(video_id)
+        view = await self.router.status.remote(video_id, caller=caller)
         if not view.filename or view.status != JobStatus.success:
             raise FileNotFoundForJob(f"video {video_id} is {view.status.value}; content exists once it is completed")
-        path = self.layout.outputs / await self.router.check_file.remote(view.filename)
+        path = self.layout.outputs / await self.router.check_file.remote(view.filename, caller=caller)
         if variant == "video":
             fmt = OUTPUT_FORMATS[view.output_format]
             return FileResponse(path, media_type=fmt.media_type, filename=path.name)
@@ -93,6 +100,7 @@ class VideosRoutes:
         return Response(await asyncio.to_thread(make, path), media_type="image/jpeg")
 
     @router.post("/v1/videos/{video_id}/remix", response_model=Video, responses=ERROR_RESPONSES)
-    async def remix_video(self, video_id: str, body: RemixRequest) -> Video:
-        """OpenAI ``videos.remix``: a new job with the same parameters (seed, size, frames, inputs) and a new prompt."""
-        return self.videos.video(await self.router.remix.remote(video_id, body.prompt))
+    async def remix_video(self, video_id: str, body: RemixRequest, caller: Caller = CallerDep) -> Video:
+        """OpenAI ``videos.remix``: a new job with the same parameters (seed, size, frames, inputs) and a
+        new prompt, of one of the caller's own videos."""
+        return self.videos.video(await self.router.remix.remote(video_id, body.prompt, caller=caller))
