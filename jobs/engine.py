@@ -360,7 +360,7 @@ class JobEngine:
             )
         if spec.filename and (self.store.filename_owner(spec.filename) or self.files.exists(spec.filename)):
             raise FilenameTaken(f"filename {spec.filename!r} is already used by another job; choose another name")
-        rec = self.store.insert(spec, idempotency_key, request_hash or None)
+        rec = self.store.insert(spec, idempotency_key, request_hash or None, created_at=self.clock())
         self.queue.push(spec.id, spec.variant, spec.owner)
         self._submitted.setdefault(spec.owner, deque()).append(rec.created_at)
         view = self.view(rec)

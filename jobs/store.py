@@ -67,7 +67,11 @@ class JobStore(Protocol):
     """What the job engine needs of a job store. Every write is durable when the call returns."""
 
     def insert(
-        self, spec: JobSpec, idempotency_key: str | None = None, request_hash: str | None = None
+        self,
+        spec: JobSpec,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        created_at: float | None = None,
     ) -> JobRecord: ...
     def get(self, job_id: str) -> JobRecord | None: ...
     def update(self, job_id: str, **fields: Any) -> JobRecord | None: ...
@@ -277,8 +281,15 @@ class SqliteJobStore:
     def _row(self, row: sqlite3.Row | None) -> JobRecord | None:
         return self._record(row) if row is not None else None
 
-    def insert(self, spec: JobSpec, idempotency_key: str | None = None, request_hash: str | None = None) -> JobRecord:
-        """Add a queued job. Returns its record (with its FIFO ``seq``).
+    def insert(
+        self,
+        spec: JobSpec,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        created_at: float | None = None,
+    ) -> JobRecord:
+        """Add a queued job, submitted at ``created_at`` (Unix seconds; default now). Returns its
+        record (with its FIFO ``seq``).
 
         Raises:
             sqlite3.IntegrityError: ``idempotency_key`` is already taken.
@@ -296,7 +307,7 @@ class SqliteJobStore:
                     JobStatus.queued.value,
                     spec.filename,
                     spec.params.num_inference_steps,
-                    time.time(),
+                    created_at if created_at is not None else time.time(),
                     idempotency_key,
                     request_hash,
                     spec.owner,

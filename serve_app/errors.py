@@ -36,7 +36,7 @@ class ErrorResponse(BaseModel):
 
 #: The error answers the routes document in OpenAPI.
 ERROR_RESPONSES: dict[int | str, dict] = {
-    code: {"model": ErrorResponse} for code in (404, 409, 413, 415, 422, 429, 503)
+    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 415, 422, 429, 503)
 }
 
 # Ordered: the first class an error is an instance of decides, so subclasses come first.
@@ -45,6 +45,8 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
     e.UploadTooLarge: 413,
     e.ValidationFailed: 422,
     e.QueueFull: 429,
+    e.QuotaExceeded: 429,
+    e.Unauthenticated: 401,
     TooManyStreams: 429,
     e.VariantNotDeployed: 404,
     e.AdapterNotDeployed: 404,
@@ -59,6 +61,7 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
 #: HTTP status -> OpenAI's error ``type`` (openai-python raises the matching exception class).
 _ERROR_TYPES = {
     400: "invalid_request_error",
+    401: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
@@ -83,6 +86,8 @@ def error_response(exc: e.ServiceError) -> JSONResponse:
     headers = {}
     if "retry_after_s" in exc.details:
         headers["Retry-After"] = str(int(exc.details["retry_after_s"]))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 6750: the scheme the client should use
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 

@@ -19,6 +19,9 @@ from serve_app.media_inputs import Upload
 #: Form parts accepted in one request (starlette's parser limits; far above what a job needs).
 MAX_FORM_FILES = 16
 MAX_FORM_FIELDS = 64
+#: Largest text field of a multipart body, bytes (a prompt is at most 10,000 characters, 40 KB
+#: of UTF-8); the whole body is bounded as it streams in (serve_app/body_limit.py).
+MAX_FIELD_BYTES = 64 * 2**10
 
 
 def validate_model(model, data):
@@ -52,7 +55,9 @@ async def read_fields_and_files(request: Request, file_fields) -> tuple[dict, li
         )
     fields: dict[str, str] = {}
     uploads: list[Upload] = []
-    async with request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS) as form:
+    async with request.form(
+        max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES
+    ) as form:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if name not in file_fields:
