@@ -7,6 +7,8 @@ DASHBOARD_PORT ?= 8265
 METRICS_PORT ?= 8080
 STAMP := $(VENV)/.installed-stamp
 export RAY_USAGE_STATS_ENABLED ?= 0
+# Ray Serve's proxy bounds request bodies as they stream in (serve_app/body_limit.py).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= serve_app.body_limit:proxy_middlewares
 
 .PHONY: install tiny browser serve lint format test soak test-gpu bench bench-recovery bench-memory clean
 

@@ -21,7 +21,6 @@ from jobs.config import DataLayout, QueuePolicy, RetentionPolicy, make_private_d
 from jobs.engine import EngineConfig
 from model_store.settings import StoreSettings
 from model_store.variants import load_variant
-from serve_app.body_limit import DEFAULT_MAX_REQUEST_BYTES
 from serve_app.ingress import INGRESS_MAX_ONGOING_REQUESTS, Ingress
 from serve_app.settings import ServiceSettings
 from webhooks.sender import WebhookConfig, check_secret, load_or_create_secret
@@ -74,12 +73,6 @@ class AppArgs(QueuePolicy, RetentionPolicy):
         ge=1,
         description="Live progress streams one API key keeps open at once on one ingress replica; past it, "
         "429 too_many_streams.",
-    )
-    max_request_bytes: int = Field(
-        default=DEFAULT_MAX_REQUEST_BYTES,
-        ge=2**20,
-        description="Largest multipart request body (the uploads and fields together), bytes; refused with 413 "
-        "from Content-Length or as it streams in. JSON bodies are bounded at 1 MiB.",
     )
     file_url_ttl_s: float = Field(
         default=3600.0,
@@ -179,5 +172,4 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         # One secret for the service: download URLs are signed with a key derived from it.
         url_signing_key=derive_key(secret, "file-urls"),
         file_url_ttl_s=args.file_url_ttl_s,
-        max_request_bytes=args.max_request_bytes,
     )

@@ -25,7 +25,7 @@ from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 from serve_app import errors
 from serve_app.authentication import Authenticator, check_listen, optional_caller
-from serve_app.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodyLimit
+from serve_app.body_limit import BodyLimit
 from serve_app.event_streams import StreamSlots
 from serve_app.generate import routes as generate_routes
 from serve_app.generate.routes import GenerateRoutes
@@ -48,13 +48,8 @@ api = FastAPIOffline(
 )
 errors.install(api)
 
-
-def _max_request_bytes() -> int:
-    """The multipart body bound of this ingress replica (AppArgs.max_request_bytes)."""
-    return serve.get_replica_context().servable_object.max_request_bytes
-
-
-api.add_middleware(BodyLimit, max_multipart=_max_request_bytes)
+# The body bound (serve_app/body_limit.py); Ray Serve's proxy runs it too, when configured to.
+api.add_middleware(BodyLimit)
 
 probes = APIRouter()
 
@@ -129,7 +124,6 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
             max_event_streams_per_key of them for one API key.
         url_signing_key: the HMAC key of signed download URLs (auth/signed_urls.py); file_url_ttl_s
             how long one stays valid.
-        max_request_bytes: the bound of a multipart request body (serve_app/body_limit.py).
 
     Raises:
         AuthRequired: Serve listens beyond loopback and no API key exists.
@@ -149,10 +143,8 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         max_event_streams_per_key: int = 20,
         url_signing_key: bytes = b"",
         file_url_ttl_s: float = 3600.0,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.router = router
-        self.max_request_bytes = max_request_bytes
         host = serve_listen_host()
         live_keys = await router.live_keys.remote()
         check_listen(host, live_keys)

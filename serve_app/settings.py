@@ -38,3 +38,11 @@ class ServiceSettings(BaseSettings):
         description="Result files beyond this many GiB in all are deleted, oldest first "
         "(env WAN_SERVE_MAX_OUTPUT_GIB). Unset: no cap.",
     )
+    max_request_bytes: int = Field(
+        default=300 * 2**20,
+        ge=2**20,
+        description="Largest multipart request body (uploads and fields together), bytes (env "
+        "WAN_SERVE_MAX_REQUEST_BYTES); refused with 413 from Content-Length or as it streams in, in Ray "
+        "Serve's proxy and in the ingress (serve_app/body_limit.py). Default 300 MiB: one video at the "
+        "default max_upload_bytes (256 MiB) with a mask, images and fields. JSON bodies are bounded at 1 MiB.",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -35,7 +36,11 @@ def ray_serve(tiny_weights):
     import ray
     from ray import serve
 
+    from serve_app.body_limit import PROXY_CALLBACK
+
     port = free_port()
+    # The body bound in Ray Serve's proxy too, as `make serve` sets it (serve_app/body_limit.py).
+    os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = PROXY_CALLBACK
     # address="local": a cluster of our own, even when `make serve` runs one on this machine.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
