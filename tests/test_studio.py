@@ -292,3 +292,42 @@ def test_api_docs_render_without_network(browser, app_url, tmp_path):
     pg.screenshot(path=str(tmp_path / "docs.png"))
     context.close()
     assert refused == [], f"/docs tried to load from the network: {refused}"
+
+
+def test_with_api_keys_the_studio_asks_for_a_key_and_plays_the_signed_video(browser, ray_serve, tmp_path):
+    from auth.keys import KeyStore
+    from jobs.config import DataLayout
+    from jobs.store import SqliteDatabase
+    from tests.conftest import deploy
+
+    data_dir = tmp_path / "keyed"
+    secret = KeyStore(SqliteDatabase(DataLayout(data_dir=data_dir).jobs_db)).create("artists")[1]
+    url = deploy(ray_serve, "studio-keys", data_dir, variants=["ti2v-5b-tiny"])
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    refused: list[str] = []
+    only_loopback(context, refused)
+    pg = context.new_page()
+    pg.goto(f"{url}/")
+    pg.wait_for_selector("#key-form:not([hidden])")
+    pg.wait_for_selector("#form-error:not([hidden])")
+    assert pg.locator("#form-error").inner_text().startswith("this service needs an API key")
+    pg.fill("#api-key", secret)
+    pg.click("#key-form button")
+    pg.wait_for_selector("body[data-ready=true]")
+    pg.fill("#prompt", "a keyed cockatoo")
+    pg.fill("#num_inference_steps", "2")
+    before = _cards(pg)
+    pg.click("#submit")
+    job_id = _submitted_id(pg, before)
+    card = _card(pg, job_id)
+    card.locator("video.job-video").wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
+    pg.wait_for_function(
+        f"""() => {{ const v = document.querySelector('article[data-job-id="{job_id}"] video');
+                   return v.readyState >= 1 && v.duration > 0; }}"""
+    )
+    src = card.locator("video").evaluate("v => v.currentSrc")
+    assert "/files/" in src and "signature=" in src  # the <video> loads the signed URL, no header
+    assert card.get_attribute("data-status") == "success"
+    pg.screenshot(path=str(tmp_path / "keyed.png"), full_page=True)
+    context.close()
+    assert refused == []

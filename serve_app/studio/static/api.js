@@ -10,8 +10,17 @@ export class ApiError extends Error {
   }
 }
 
+/** The API key the person gave (kept in this browser's localStorage), or "". */
+const KEY_STORAGE = "wan-serve-api-key";
+export const apiKey = {
+  get: () => localStorage.getItem(KEY_STORAGE) || "",
+  set: (key) => (key ? localStorage.setItem(KEY_STORAGE, key) : localStorage.removeItem(KEY_STORAGE)),
+};
+
 async function call(method, path, body) {
   const init = { method, headers: { Accept: "application/json" } };
+  const key = apiKey.get();
+  if (key) init.headers.Authorization = `Bearer ${key}`;
   if (body instanceof FormData) {
     init.body = body;
   } else if (body !== undefined) {
@@ -50,10 +59,18 @@ export const api = {
     if (after) query.set("after", after);
     return call("GET", `jobs?${query}`);
   },
-  /** URL of a job's result file (any format) and of its middle-frame thumbnail (JPEG). */
-  contentUrl: (id) => `v1/videos/${encodeURIComponent(id)}/content`,
-  thumbnailUrl: (id) => `v1/videos/${encodeURIComponent(id)}/content?variant=thumbnail`,
-  eventsUrl: (id) => `jobs/${encodeURIComponent(id)}/events`,
+  health: () => call("GET", "health"),
+  /** A finished job's result file and its middle-frame thumbnail (JPEG): from its signed file_url,
+   * which a <video> or <img> can load without the key. Relative to the page's <base>. */
+  contentUrl: (job) => job.file_url.replace(/^\//, ""),
+  thumbnailUrl: (job) => `${job.file_url.replace(/^\//, "")}&variant=thumbnail`,
+  /** The job's WebSocket: the key rides in a subprotocol, since a browser cannot set headers on one. */
+  socket: (id, lastEventId) => {
+    const url = new URL(`ws/jobs/${encodeURIComponent(id)}?last_event_id=${lastEventId}`, document.baseURI);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const key = apiKey.get();
+    return new WebSocket(url, key ? ["wan-serve", `wan-serve.bearer.${key}`] : ["wan-serve"]);
+  },
 };
 
 /** "12 s", "3 min 4 s": an ETA for people. */

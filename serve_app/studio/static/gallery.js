@@ -42,10 +42,10 @@ export class Gallery {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "gallery-item";
-    if (job.status === "success" && job.filename) {
+    if (job.status === "success" && job.file_url) {
       const img = new Image();
       img.loading = "lazy";
-      img.src = api.thumbnailUrl(job.id);
+      img.src = api.thumbnailUrl(job);
       img.alt = "";
       button.append(img);
     } else {

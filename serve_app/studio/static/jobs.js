@@ -40,18 +40,28 @@ export class JobCard {
     return this.el.dataset.jobId;
   }
 
-  /** Follow the job's events; EventSource reconnects by itself with Last-Event-ID. */
+  /** Follow the job's events over its WebSocket; a dropped socket is reopened after the last event seen. */
   listen() {
-    this.source = new EventSource(api.eventsUrl(this.id));
-    const onEvent = (message) => {
+    this.lastEventId = this.lastEventId || 0;
+    this.source = api.socket(this.id, this.lastEventId);
+    this.source.addEventListener("message", (message) => {
       const data = JSON.parse(message.data);
+      this.lastEventId = data.id;
       this.render(data);
-      if (message.type === "terminal") this.finish();
-    };
-    for (const type of ["queued", "phase", "step", "terminal"]) this.source.addEventListener(type, onEvent);
+      if (data.event === "terminal") this.finish();
+    });
+    this.source.addEventListener("close", (event) => {
+      if (this.done) return;
+      if (event.code === 4401 || event.code === 4404) {
+        this.hooks.onError(new Error(event.reason || "this job's progress cannot be followed"));
+        return;
+      }
+      setTimeout(() => this.listen(), 2000); // dropped, or the service was busy (1013): try again
+    });
   }
 
   async finish() {
+    this.done = true;
     this.source?.close();
     this.source = null;
     try {
@@ -86,12 +96,12 @@ export class JobCard {
     const error = this.q(".job-error");
     error.hidden = !(terminal && s.error);
     if (s.error) error.textContent = `${s.error.message} (${s.error.code})`;
-    if (s.status === "success" && s.filename && !this.shown) {
+    if (s.status === "success" && s.file_url && !this.shown) {
       this.shown = true;
-      const url = api.contentUrl(this.id);
+      const url = api.contentUrl(s);
       const video = this.q(".job-video");
       if (s.output_format === "mp4" || s.output_format === "webm" || !s.output_format) {
-        video.poster = api.thumbnailUrl(this.id);
+        video.poster = api.thumbnailUrl(s);
         video.preload = "metadata";
         video.src = url;
         this.q(".job-result").hidden = false;

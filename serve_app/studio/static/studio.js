@@ -1,6 +1,6 @@
 // The studio's entry point: loads the variant catalog, wires the form, the job cards and the gallery.
 
-import { api, ApiError } from "./api.js";
+import { api, ApiError, apiKey } from "./api.js";
 import { Gallery } from "./gallery.js";
 import { JobCard } from "./jobs.js";
 import { JobForm } from "./form.js";
@@ -44,7 +44,21 @@ async function openJob(id, focus = true) {
 
 let gallery;
 
+/** The key form: shown when the service needs keys; a key given there is kept in this browser. */
+async function setUpKey() {
+  const health = await api.health().catch(() => null);
+  const form = $("#key-form");
+  form.hidden = !health || health.auth !== "api_keys";
+  $("#api-key").value = apiKey.get();
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey.set($("#api-key").value.trim());
+    window.location.reload();
+  });
+}
+
 async function main() {
+  await setUpKey();
   gallery = new Gallery(
     $("#gallery"),
     { newer: $("#gallery-newer"), older: $("#gallery-older"), refresh: $("#gallery-refresh") },
