@@ -13,11 +13,12 @@ from ray import serve
 
 from deployments.replica_status import GeneratorStatus, generator_statuses
 from serve_app.authentication import current_caller
+from serve_app.errors import ERROR_RESPONSES
 from serve_app.variants.protocol import ModelList, VariantList
 from serve_app.variants.serving import VariantsService
 
 # Deployed variants and queue lengths are no one's secret, but not for the public either: a key.
-router = APIRouter(dependencies=[Depends(current_caller)])
+router = APIRouter(dependencies=[Depends(current_caller)], responses={401: ERROR_RESPONSES[401]})
 
 
 class VariantsRoutes:
