@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlencode
 
+#: How long a signed URL stays valid by default, seconds (AppArgs.file_url_ttl_s): long enough to
+#: watch or fetch a result after a status call or a webhook, short enough that a leaked URL dies.
+DEFAULT_FILE_URL_TTL_S = 3600.0
+
 #: Expiry times are rounded up to a multiple of this many seconds, so that a page polling a job
 #: gets the same URL for a while and the browser's cache keeps the video.
 EXPIRY_GRANULARITY_S = 300

@@ -15,6 +15,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from auth.keys import KeyStore
+from auth.signed_urls import UrlSigner, derive_key
 from deployments.faults import ROUTER, FaultSwitch, StoreFaults
 from deployments.fit_plans import FitPlanCache
 from deployments.lora_adapters import adapter_set_id
@@ -59,9 +60,10 @@ class Router:
         self.webhook_store = WebhookStore(store.db)
         self.keys = KeyStore(store.db)
         self._touched: dict[str, float] = {}
-        self.webhooks = WebhookSender(
-            config.webhooks, config.webhook_secret.get_secret_value(), store, self.webhook_store
-        )
+        secret = config.webhook_secret.get_secret_value()
+        # Receivers get a signed file_url: a third party holds no API key.
+        signer = UrlSigner(derive_key(secret, "file-urls"), config.file_url_ttl_s)
+        self.webhooks = WebhookSender(config.webhooks, secret, store, self.webhook_store, url_signer=signer)
         self.engine = JobEngine(
             config.engine,
             store,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
 
+from auth.signed_urls import DEFAULT_FILE_URL_TTL_S
 from jobs.config import DataLayout
 from jobs.engine import EngineConfig
 from webhooks.sender import WebhookConfig
@@ -16,6 +17,9 @@ class RouterConfig(BaseModel):
     engine: EngineConfig = Field(description="Queue, retention and circuit breaker settings, and slots per variant.")
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Webhook delivery settings.")
     webhook_secret: SecretStr = Field(description="Standard Webhooks signing secret, 'whsec_' + base64.")
+    file_url_ttl_s: float = Field(
+        default=DEFAULT_FILE_URL_TTL_S, description="Validity of the signed file_url in webhook payloads, seconds."
+    )
     fault_file: str | None = Field(
         default=None,
         description="The fault switch's file (deployments/faults.py), for the job store's faults; None: none can fire.",

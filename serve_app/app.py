@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
-from auth.signed_urls import derive_key
+from auth.signed_urls import DEFAULT_FILE_URL_TTL_S, derive_key
 from deployments.generator import Generator
 from deployments.replica_status import generator_deployment_name
 from deployments.router import Router
@@ -75,7 +75,7 @@ class AppArgs(QueuePolicy, RetentionPolicy):
         "429 too_many_streams.",
     )
     file_url_ttl_s: float = Field(
-        default=3600.0,
+        default=DEFAULT_FILE_URL_TTL_S,
         ge=60,
         description="How long a signed download URL (file_url) stays valid, seconds; rounded up to 300 s. "
         "Status calls hand out fresh ones.",
@@ -154,6 +154,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             engine=engine,
             webhooks=args.webhooks,
             webhook_secret=secret,
+            file_url_ttl_s=args.file_url_ttl_s,
             fault_file=str(args.fault_file) if args.fault_file else None,
         ),
         generators=generators,

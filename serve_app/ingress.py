@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from auth.signed_urls import UrlSigner
+from auth.signed_urls import DEFAULT_FILE_URL_TTL_S, UrlSigner
 from deployments.replica_status import generator_statuses
 from jobs.config import DataLayout
 from jobs.ownership import Caller
@@ -142,7 +142,7 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         max_event_streams: int = 100,
         max_event_streams_per_key: int = 20,
         url_signing_key: bytes = b"",
-        file_url_ttl_s: float = 3600.0,
+        file_url_ttl_s: float = DEFAULT_FILE_URL_TTL_S,
     ) -> None:
         self.router = router
         host = serve_listen_host()

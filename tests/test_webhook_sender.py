@@ -91,6 +91,27 @@ def test_delivery_is_signed_pinned_to_the_checked_address_and_recorded(tmp_path)
     assert (attempt.attempt, attempt.status_code, attempt.address, attempt.error) == (1, 200, "127.0.0.1", None)
 
 
+def test_with_a_url_signer_the_payloads_file_url_is_signed_for_the_receiver(tmp_path):
+    from auth.signed_urls import UrlSigner, derive_key
+
+    store, hooks = _stores(tmp_path)
+    signer = UrlSigner(derive_key(SECRET, "file-urls"), ttl_s=3600)
+    with Receiver() as rx:
+        rec = _job(store, f"http://127.0.0.1:{rx.port}/hook")
+
+        async def go():
+            sender = WebhookSender(_config(), SECRET, store, hooks, url_signer=signer)
+            sender.notify(rec, _event(rec))
+            await _settle(sender)
+            await sender.aclose()
+        _run(go())
+        (req,) = rx.wait(1)
+    url = Webhook(SECRET).verify(req.body, req.headers)["data"]["file_url"]
+    path, _, query = url.partition("?")
+    params = dict(p.split("=") for p in query.split("&"))
+    assert path == "/files/fox.mp4" and signer.valid(path, params["expires"], params["signature"])
+
+
 def test_retries_on_5xx_429_and_timeouts_with_backoff_then_delivers(tmp_path):
     store, hooks = _stores(tmp_path)
     with Receiver(script=[500, 429, 503], delay_s=[0, 0, 0, 3.0]) as rx:

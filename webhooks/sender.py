@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, field_validator
 from standardwebhooks.webhooks import Webhook
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from auth.signed_urls import UrlSigner
 from jobs.config import make_private_dir
 from jobs.events import JobEvent
 from jobs.model import JobRecord, JobStatus, file_url
@@ -155,6 +156,7 @@ class WebhookSender:
         jobs: the job store, read for a message's job (its URL, at each delivery).
         messages: the webhook store, where messages and attempts are recorded.
         resolve: the host-name resolver of the SSRF guard.
+        url_signer: signs the payloads' ``file_url`` (the receiver has no API key); None: a plain path.
     """
 
     def __init__(
@@ -164,8 +166,10 @@ class WebhookSender:
         jobs: JobStore,
         messages: WebhookStore,
         resolve: Resolver = system_resolve,
+        url_signer: UrlSigner | None = None,
     ) -> None:
         check_secret(secret)
+        self.url_signer = url_signer
         self.config = config
         self.jobs = jobs
         self.store = messages
@@ -211,7 +215,8 @@ class WebhookSender:
         data = {k: v for k, v in event.as_dict().items() if k not in ("id", "event")}
         data = {"id": rec.id, "object": "video", "variant": rec.variant, **data}
         if data.get("filename"):
-            data["file_url"] = file_url(data["filename"])
+            path = file_url(data["filename"])
+            data["file_url"] = self.url_signer.sign(path) if self.url_signer else path
         body = {"type": kind, "timestamp": datetime.now(timezone.utc).isoformat(), "data": data}
         message = WebhookMessage(
             id=f"msg_{uuid.uuid4().hex}",

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, get_args
 
-from auth.signed_urls import UrlSigner
+from auth.signed_urls import DEFAULT_FILE_URL_TTL_S, UrlSigner
 from jobs.errors import (
     AdapterNotDeployed,
     JobNotFound,
@@ -148,7 +148,7 @@ class JobService:
         self.webhook_allow_ports = list(webhook_allow_ports or DEFAULT_WEBHOOK_PORTS)
         self.decode_pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="decode")
         self.resolve = resolve
-        self.signer = signer or UrlSigner(secrets.token_bytes(32), ttl_s=3600)
+        self.signer = signer or UrlSigner(secrets.token_bytes(32), ttl_s=DEFAULT_FILE_URL_TTL_S)
 
     def webhook_spec(self, url: str | None, events: list[WebhookEvent] | None) -> WebhookSpec | None:
         """The checked webhook of a request, or None without ``url``. Resolves the host (blocking).
