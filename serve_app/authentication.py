@@ -11,6 +11,7 @@ router one lookup per distinct key per period.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -84,14 +85,19 @@ class Authenticator:
     Args:
         router: the router's handle (``authenticate`` and ``live_keys``).
         listen_host: where Ray Serve's proxy listens; beyond loopback, keys are always required.
+        live_keys: how many keys were live at start.
         clock: monotonic seconds, for the cache.
     """
 
-    def __init__(self, router: Any, listen_host: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, router: Any, listen_host: str, live_keys: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.router = router
         self.loopback = is_loopback(listen_host)
         self._callers: TTLCache[str, Caller | None] = TTLCache(AUTH_CACHE_SIZE, AUTH_CACHE_S, timer=clock)
         self._live: TTLCache[str, int] = TTLCache(1, AUTH_CACHE_S, timer=clock)
+        self._last_live = live_keys
+        self._refresh: asyncio.Future | None = None
 
     async def required(self) -> bool:
         """Whether requests need a key: some key exists, or the service listens beyond loopback."""
@@ -99,8 +105,19 @@ class Authenticator:
             return True
         live = self._live.get("n")
         if live is None:
-            live = self._live["n"] = await self.router.live_keys.remote()
+            live = self._live["n"] = self._last_live = await self.router.live_keys.remote()
         return live > 0
+
+    def required_nowait(self) -> bool:
+        """``required()`` from what this replica knows now, never waiting on the router (for
+        /health, which must answer while the router restarts); a stale count is refreshed in the
+        background."""
+        if not self.loopback:
+            return True
+        if "n" not in self._live and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.ensure_future(self.required())
+            self._refresh.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failed refresh: retried
+        return self._last_live > 0
 
     async def caller(self, token: str | None) -> Caller:
         """The caller of ``token`` (the bearer key), or ``OPEN`` while keys are not required.

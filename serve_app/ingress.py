@@ -64,9 +64,9 @@ class HealthRoutes:
     @probes.get("/health")
     async def health(self) -> dict:
         """Liveness: the HTTP process answers; and whether it runs ``open`` (no API keys, loopback
-        only) or needs ``api_keys``. No model work; the key count is cached (a Ray call at most
-        every 5 s)."""
-        return {"status": "ok", "auth": "api_keys" if await self.auth.required() else "open"}
+        only) or needs ``api_keys``, as this replica last learned (at most 5 s old). No model work,
+        and no waiting on Ray."""
+        return {"status": "ok", "auth": "api_keys" if self.auth.required_nowait() else "open"}
 
     @probes.get("/ready", responses={503: {"description": "Some variant has no running generator replica."}})
     async def ready(self, caller: Caller | None = Depends(optional_caller)) -> Response:
@@ -148,7 +148,7 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         host = serve_listen_host()
         live_keys = await router.live_keys.remote()
         check_listen(host, live_keys)
-        self.auth = Authenticator(router, host)
+        self.auth = Authenticator(router, host, live_keys)
         if not await self.auth.required():
             logger.warning(
                 "wan-serve runs OPEN on %s: no API keys exist, so anyone on this machine can use it. "
