@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from jobs.errors import UnsupportedMediaType, ValidationFailed
 from serve_app.generate.protocol import UPLOAD_FIELDS, GenerateRequest
@@ -40,8 +41,10 @@ async def read_fields_and_files(request: Request, file_fields) -> tuple[dict, li
 
     Raises:
         UnsupportedMediaType: the body is neither JSON nor a form (multipart or urlencoded) (415).
-        ValidationFailed: invalid JSON, a file under a name not in ``file_fields``, or one of
-            those names sent as text.
+        ValidationFailed: invalid JSON, a form starlette's parser refuses (more than
+            ``MAX_FORM_FILES`` files or ``MAX_FORM_FIELDS`` fields, a text field over
+            ``MAX_FIELD_BYTES``), a file under a name not in ``file_fields``, or one of those
+            names sent as text.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/json", ""):
@@ -55,9 +58,15 @@ async def read_fields_and_files(request: Request, file_fields) -> tuple[dict, li
         )
     fields: dict[str, str] = {}
     uploads: list[Upload] = []
-    async with request.form(
-        max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES
-    ) as form:
+    try:
+        form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except HTTPException as exc:  # starlette's parser: too many parts, a part too large, a broken body
+        raise ValidationFailed(
+            f"the form could not be read: {exc.detail} (at most {MAX_FORM_FILES} files, {MAX_FORM_FIELDS} "
+            f"fields, {MAX_FIELD_BYTES // 1024} KiB per text field)",
+            field="body",
+        ) from None
+    try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if name not in file_fields:
@@ -69,6 +78,8 @@ async def read_fields_and_files(request: Request, file_fields) -> tuple[dict, li
                 raise ValidationFailed(f"{name} must be sent as a file (curl -F {name}=@path)", field=name)
             else:
                 fields[name] = value
+    finally:
+        await form.close()  # the uploads' spooled temporary files
     return fields, uploads
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from serve_app.settings import ServiceSettings
 from tests.conftest import deploy
+from tests.media_samples import CHELSEA
 
 MB = 10**6
 #: What the tests send: far over every bound (1 MiB for JSON, 300 MiB for multipart).
@@ -160,3 +161,18 @@ def test_a_small_body_still_goes_through(bodies_url):
 
     r = httpx.post(f"{bodies_url}/generate", json={"prompt": "small", "num_inference_steps": 2}, timeout=60)
     assert r.status_code == 202, r.text
+
+
+def test_forms_over_the_parsers_limits_are_422_with_the_limits_named(bodies_url):
+    import httpx
+
+    photo = CHELSEA.read_bytes()
+    files = [("reference_images", ("r.png", photo, "image/png"))] * 17  # one over MAX_FORM_FILES
+    many = httpx.post(f"{bodies_url}/generate", data={"prompt": "x"}, files=files, timeout=60)
+    assert many.status_code == 422 and many.json()["error"]["param"] == "body", many.text
+    assert "at most 16 files" in many.json()["error"]["message"]
+    long_field = httpx.post(
+        f"{bodies_url}/generate", data={"prompt": "x" * (65 * 1024)}, files={"image": ("c.png", photo)},
+        timeout=60,
+    )
+    assert long_field.status_code == 422 and "64 KiB per text field" in long_field.json()["error"]["message"]
