@@ -139,10 +139,11 @@ class KeyStore:
             rows = c.execute(f"SELECT * FROM api_keys {live} ORDER BY created_at").fetchall()
         return [self._key(r) for r in rows]
 
-    def live_count(self) -> int:
-        """How many keys are not revoked."""
+    def count(self, include_revoked: bool = False) -> int:
+        """How many keys are live (not revoked), or were ever made with ``include_revoked``."""
+        live = "" if include_revoked else "WHERE revoked_at IS NULL"
         with self.db.cursor() as c:
-            return int(c.execute("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0])
+            return int(c.execute(f"SELECT COUNT(*) FROM api_keys {live}").fetchone()[0])
 
     def revoke(self, name_or_id: str) -> ApiKey:
         """Revoke the live key with this name or id; requests with it fail from then on (an ingress

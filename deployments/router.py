@@ -178,9 +178,9 @@ class Router:
             await asyncio.to_thread(self.keys.touch, key.id, self.engine.clock())
         return key.caller()
 
-    async def live_keys(self) -> int:
-        """How many API keys are live (the ingress requires keys once there is one)."""
-        return await asyncio.to_thread(self.keys.live_count)
+    async def key_count(self, include_revoked: bool = False) -> int:
+        """How many API keys are live, or were ever made (KeyStore.count)."""
+        return await asyncio.to_thread(self.keys.count, include_revoked)
 
     async def find_idempotent(self, key: str, request_hash: str, caller: Caller = OPEN) -> JobView | None:
         """See JobEngine.find_idempotent."""

@@ -1,8 +1,9 @@
 """Who is calling: the API key of each HTTP request and WebSocket, checked against the key store.
 
-Auth is on once any key exists, or whenever the service listens beyond loopback (then, with no
-key at all, it refuses to start: see ``check_listen``). Off, every request acts as the open
-service's caller (jobs/ownership.py ``OPEN``), and ``/health`` says so.
+Auth is on once any key has been made (revoked ones count: revoking the last key must not reopen
+the service), or whenever the service listens beyond loopback (then, with no live key, it refuses
+to start: see ``check_listen``). Off, every request acts as the open service's caller
+(jobs/ownership.py ``OPEN``), and ``/health`` says so.
 
 Keys are looked up through the router (which holds the store) and remembered here for
 ``AUTH_CACHE_S``: a revoked key stops working within that time, and a flood of bad keys costs the
@@ -12,6 +13,7 @@ router one lookup per distinct key per period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
@@ -34,6 +36,8 @@ logger = logging.getLogger("ray.serve")
 AUTH_CACHE_S = 5.0
 #: Distinct keys remembered at once per replica (bad keys included).
 AUTH_CACHE_SIZE = 10_000
+#: Longest /health waits for the router's key count, seconds, before answering from what it knew.
+HEALTH_WAIT_S = 0.5
 
 #: The WebSocket subprotocol that carries a key from a browser, which cannot set headers on a
 #: WebSocket: offer ``["wan-serve", "wan-serve.bearer.<key>"]``; the server answers "wan-serve".
@@ -60,10 +64,10 @@ def is_loopback(host: str) -> bool:
 
 
 def check_listen(host: str, live_keys: int) -> None:
-    """Refuse to serve beyond loopback without a key.
+    """Refuse to serve beyond loopback without a live key.
 
     Raises:
-        AuthRequired: ``host`` is not loopback and no API key exists.
+        AuthRequired: ``host`` is not loopback and no API key is live.
     """
     if live_keys == 0 and not is_loopback(host):
         raise AuthRequired(
@@ -83,41 +87,44 @@ class Authenticator:
     """Turns the key a request carries into its ``Caller``.
 
     Args:
-        router: the router's handle (``authenticate`` and ``live_keys``).
+        router: the router's handle (``authenticate`` and ``key_count``).
         listen_host: where Ray Serve's proxy listens; beyond loopback, keys are always required.
-        live_keys: how many keys were live at start.
+        keys_made: how many keys had been made (revoked included) at start.
         clock: monotonic seconds, for the cache.
     """
 
     def __init__(
-        self, router: Any, listen_host: str, live_keys: int = 0, clock: Callable[[], float] = time.monotonic
+        self, router: Any, listen_host: str, keys_made: int = 0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.router = router
         self.loopback = is_loopback(listen_host)
         self._callers: TTLCache[str, Caller | None] = TTLCache(AUTH_CACHE_SIZE, AUTH_CACHE_S, timer=clock)
-        self._live: TTLCache[str, int] = TTLCache(1, AUTH_CACHE_S, timer=clock)
-        self._last_live = live_keys
+        self._made: TTLCache[str, int] = TTLCache(1, AUTH_CACHE_S, timer=clock)
+        self._last_made = keys_made
         self._refresh: asyncio.Future | None = None
 
     async def required(self) -> bool:
-        """Whether requests need a key: some key exists, or the service listens beyond loopback."""
+        """Whether requests need a key: a key was ever made, or the service listens beyond loopback."""
         if not self.loopback:
             return True
-        live = self._live.get("n")
-        if live is None:
-            live = self._live["n"] = self._last_live = await self.router.live_keys.remote()
-        return live > 0
+        made = self._made.get("n")
+        if made is None:
+            made = self._made["n"] = self._last_made = await self.router.key_count.remote(include_revoked=True)
+        return made > 0
 
-    def required_nowait(self) -> bool:
-        """``required()`` from what this replica knows now, never waiting on the router (for
-        /health, which must answer while the router restarts); a stale count is refreshed in the
-        background."""
+    async def required_soon(self, wait_s: float = HEALTH_WAIT_S) -> bool:
+        """``required()``, waiting at most ``wait_s`` seconds on the router (for /health, which must
+        answer while the router restarts): past that, what this replica last learned, while the
+        lookup goes on in the background."""
         if not self.loopback:
             return True
-        if "n" not in self._live and (self._refresh is None or self._refresh.done()):
-            self._refresh = asyncio.ensure_future(self.required())
-            self._refresh.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failed refresh: retried
-        return self._last_live > 0
+        if "n" not in self._made:
+            if self._refresh is None or self._refresh.done():
+                self._refresh = asyncio.ensure_future(self.required())
+                self._refresh.add_done_callback(lambda f: f.cancelled() or f.exception())  # failed: retried later
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._refresh), wait_s)
+        return self._last_made > 0
 
     async def caller(self, token: str | None) -> Caller:
         """The caller of ``token`` (the bearer key), or ``OPEN`` while keys are not required.

@@ -205,3 +205,25 @@ def test_quotas_answer_429_with_the_limit_and_keys_take_turns(secured):
     assert order == [a_jobs[0], b_job["id"], a_jobs[1], a_jobs[2]]
     assert wait_terminal(queue1, first.json()["id"])[-1]["status"] == "success"
     assert wait_terminal(a, long_job)[-1]["status"] == "canceled"
+
+
+def test_a_key_made_while_the_service_runs_open_turns_keys_on_and_revoking_it_keeps_them_on(ray_serve, tmp_path):
+    import time
+
+    url = deploy(ray_serve, "flip", tmp_path, variants=[TI2V], overrides={TI2V: {"warmup": False}})
+    anonymous = httpx.Client(base_url=url, timeout=60)
+    assert anonymous.get("/health").json()["auth"] == "open" and anonymous.get("/jobs").status_code == 200
+    keys = KeyStore(SqliteDatabase(DataLayout(data_dir=tmp_path).jobs_db))
+    key, secret = keys.create("late")
+    time.sleep(5.5)  # the ingress's cache of the key count (AUTH_CACHE_S)
+    assert anonymous.get("/health").json()["auth"] == "api_keys"
+    assert anonymous.get("/jobs").status_code == 401
+    keyed = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {secret}"})
+    assert keyed.get("/jobs").status_code == 200
+    keys.revoke(key.id)
+    time.sleep(5.5)  # the ingress's cache of the key lookup
+    refused = keyed.get("/jobs")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    # The last key revoked: the service stays keyed, it does not fall back to open.
+    assert anonymous.get("/jobs").status_code == 401 and anonymous.get("/health").json()["auth"] == "api_keys"
+    assert keys.get(key.id).last_used_at is not None  # the router recorded its use
