@@ -107,3 +107,15 @@ def all_videos(client: httpx.Client, **params) -> list[dict]:
         if not body["has_more"]:
             return videos
         after = body["last_id"]
+
+
+@pytest.fixture
+def temporary_apps(ray_serve):
+    """Names of apps a test deploys for itself; each is deleted after the test, passed or failed,
+    so its generators' CPU shares go back to the apps of later tests (the cluster has 4 CPUs)."""
+    from ray import serve
+
+    names: list[str] = []
+    yield names
+    for name in names:
+        serve.delete(name)

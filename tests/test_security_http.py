@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
 import websockets
+from ray import serve
 
 from auth.keys import KeyStore
 from jobs.config import DataLayout
@@ -35,7 +38,7 @@ class Secured:
 
 
 @pytest.fixture(scope="module")
-def secured(ray_serve, tmp_path_factory) -> Secured:
+def secured(ray_serve, tmp_path_factory) -> Iterator[Secured]:
     data_dir = tmp_path_factory.mktemp("secured")
     keys = KeyStore(SqliteDatabase(DataLayout(data_dir=data_dir).jobs_db))
     secrets = {
@@ -46,7 +49,8 @@ def secured(ray_serve, tmp_path_factory) -> Secured:
         "hourly": keys.create("one-per-hour", quotas=Quotas(jobs_per_hour=1))[1],
     }
     url = deploy(ray_serve, "secured", data_dir, variants=[TI2V], max_queued_jobs=16, max_event_streams_per_key=2)
-    return Secured(url, secrets)
+    yield Secured(url, secrets)
+    serve.delete("secured")  # its generator's CPU share goes back to the other modules' apps
 
 
 def _not_found_alike(foreign: httpx.Response, unknown: httpx.Response, foreign_id: str) -> None:
@@ -207,9 +211,12 @@ def test_quotas_answer_429_with_the_limit_and_keys_take_turns(secured):
     assert wait_terminal(a, long_job)[-1]["status"] == "canceled"
 
 
-def test_a_key_made_while_the_service_runs_open_turns_keys_on_and_revoking_it_keeps_them_on(ray_serve, tmp_path):
+def test_a_key_made_while_the_service_runs_open_turns_keys_on_and_revoking_it_keeps_them_on(
+    ray_serve, tmp_path, temporary_apps
+):
     import time
 
+    temporary_apps.append("flip")
     url = deploy(ray_serve, "flip", tmp_path, variants=[TI2V], overrides={TI2V: {"warmup": False}})
     anonymous = httpx.Client(base_url=url, timeout=60)
     assert anonymous.get("/health").json()["auth"] == "open" and anonymous.get("/jobs").status_code == 200

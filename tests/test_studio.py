@@ -294,7 +294,9 @@ def test_api_docs_render_without_network(browser, app_url, tmp_path):
     assert refused == [], f"/docs tried to load from the network: {refused}"
 
 
-def test_with_api_keys_the_studio_asks_for_a_key_and_plays_the_signed_video(browser, ray_serve, tmp_path):
+def test_with_api_keys_the_studio_asks_for_a_key_and_plays_the_signed_video(
+    browser, ray_serve, tmp_path, temporary_apps
+):
     from auth.keys import KeyStore
     from jobs.config import DataLayout
     from jobs.store import SqliteDatabase
@@ -302,6 +304,7 @@ def test_with_api_keys_the_studio_asks_for_a_key_and_plays_the_signed_video(brow
 
     data_dir = tmp_path / "keyed"
     secret = KeyStore(SqliteDatabase(DataLayout(data_dir=data_dir).jobs_db)).create("artists")[1]
+    temporary_apps.append("studio-keys")
     url = deploy(ray_serve, "studio-keys", data_dir, variants=["ti2v-5b-tiny"])
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     refused: list[str] = []
