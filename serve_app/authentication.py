@@ -165,9 +165,7 @@ def _authenticator() -> Authenticator:
     return serve.get_replica_context().servable_object.auth
 
 
-async def current_caller(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme)
-) -> Caller:
+async def current_caller(credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme)) -> Caller:
     """FastAPI dependency: the request's caller (raises MissingApiKey or Unauthenticated, answered 401)."""
     return await _authenticator().caller(credentials.credentials if credentials else None)
 

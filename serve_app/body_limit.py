@@ -7,7 +7,7 @@ loopback, measured by tests/test_request_bodies.py). The same middleware therefo
 
 - in the proxy (``proxy_middlewares``, which Ray Serve loads from the environment variable
   ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.body_limit:proxy_middlewares``, set by
-  ``make serve``, the tests and the Kubernetes manifests): it sees the body as uvicorn reads it
+  ``make serve`` and the tests): it sees the body as uvicorn reads it
   from the socket, whose flow control holds the client back while nobody reads;
 - in the ingress app, so the bound holds even where the proxy was started without it.
 
