@@ -19,7 +19,7 @@ from jobs.errors import JobCanceled, ValidationFailed
 from jobs.inputs import PreparedInputs
 from jobs.model import GenerationParams, Phase
 from model_store.loader import image_pipeline
-from model_store.variants import VariantConfig
+from model_store.variants import Size, VariantConfig
 
 ProgressCallback = Callable[[Phase, int, int, "float | None"], None]
 
@@ -47,6 +47,9 @@ class GenerationRunner:
     - i2v: ``image`` and optionally ``last_image`` (``WanImageToVideoPipeline``).
     - ti2v: the prompt, or with an image the same modules as ``WanImageToVideoPipeline``.
     - vace: ``video``, ``mask`` (white = regenerate) and ``reference_images`` (``WanVACEPipeline``).
+    - image_edit: the prompt and one to three ``images`` (``QwenImageEditPlusPipeline``), whose
+      prompt encoding reads the images, so it runs inside the pipeline call; the result is one
+      frame, (1, H, W, 3).
     """
 
     def __init__(self, variant: VariantConfig, pipe, prompt_pipe=None) -> None:
@@ -63,6 +66,10 @@ class GenerationRunner:
         """The pipeline to call and its media arguments; the ingress has already validated the inputs."""
         task, inputs = self.variant.task, inputs or PreparedInputs()
         kwargs: dict = {}
+        if task == "image_edit":
+            if not inputs.images:
+                raise ValidationFailed(f"variant {self.variant.name} needs an image to edit", field="image")
+            return self.pipe, {"image": [_pil(image) for image in inputs.images]}
         if self.variant.boundary_ratio is not None:
             kwargs["guidance_scale_2"] = params.guidance_scale_2
         if task == "i2v" or (task == "ti2v" and inputs.image is not None):
@@ -112,18 +119,35 @@ class GenerationRunner:
         #    below would do exactly this with the same arguments.
         report(Phase.encoding_prompt, 0, total, None)
         do_cfg = params.guidance_scale > 1.0
-        encoder = self.prompt_pipe or pipe
-        with torch.inference_mode():
-            prompt_embeds, negative_embeds = encoder.encode_prompt(
-                prompt=params.prompt,
-                negative_prompt=params.negative_prompt or None,
-                do_classifier_free_guidance=do_cfg,
-                max_sequence_length=self.variant.max_sequence_length,
-                device=encoder._execution_device if self.prompt_pipe is not None else self.device,
-            )
-        if self.prompt_pipe is not None:
-            prompt_embeds = prompt_embeds.to(self.device)
-            negative_embeds = negative_embeds.to(self.device) if negative_embeds is not None else None
+        if self.variant.task == "image_edit":
+            # Qwen-Image-Edit encodes the prompt together with the images it resizes inside its
+            # call; true CFG runs when true_cfg_scale > 1 and a negative prompt is given, so an
+            # empty one becomes the model card's " ".
+            prompt_args = {
+                "prompt": params.prompt,
+                "negative_prompt": (params.negative_prompt or " ") if do_cfg else None,
+                "true_cfg_scale": params.guidance_scale,
+                "max_sequence_length": self.variant.max_sequence_length,
+            }
+        else:
+            encoder = self.prompt_pipe or pipe
+            with torch.inference_mode():
+                prompt_embeds, negative_embeds = encoder.encode_prompt(
+                    prompt=params.prompt,
+                    negative_prompt=params.negative_prompt or None,
+                    do_classifier_free_guidance=do_cfg,
+                    max_sequence_length=self.variant.max_sequence_length,
+                    device=encoder._execution_device if self.prompt_pipe is not None else self.device,
+                )
+            if self.prompt_pipe is not None:
+                prompt_embeds = prompt_embeds.to(self.device)
+                negative_embeds = negative_embeds.to(self.device) if negative_embeds is not None else None
+            prompt_args = {
+                "prompt_embeds": prompt_embeds,
+                "negative_prompt_embeds": negative_embeds,
+                "num_frames": params.num_frames,
+                "guidance_scale": params.guidance_scale,
+            }
 
         # 2. Denoise and decode, reporting after every step.
         started = time.perf_counter()
@@ -146,31 +170,37 @@ class GenerationRunner:
         self.adapters.activate({lora.name: lora.scale for lora in params.loras})
         with torch.inference_mode():
             output = pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
                 height=params.height,
                 width=params.width,
-                num_frames=params.num_frames,
                 num_inference_steps=total,
-                guidance_scale=params.guidance_scale,
                 generator=generator,
                 output_type="np",
                 callback_on_step_end=on_step_end,
+                **prompt_args,
                 **media,
             )
-        return frames_to_uint8(output.frames[0])
+        # Video pipelines give frames (1, T, H, W, C); image pipelines images (1, H, W, C), one frame.
+        return frames_to_uint8(output.images if self.variant.output_kind == "image" else output.frames[0])
 
     def warmup(self) -> float:
-        """One 1-step, 1-frame generation at the smallest native size, so the first job is not slow.
+        """One short generation (min_inference_steps steps, one frame) at the smallest size, so the first job is not slow.
 
         Image and video tasks get a gray frame (and an all-regenerate mask). Returns its wall
         time in seconds.
         """
-        size = min(self.variant.native_sizes.values(), key=lambda s: s.width * s.height)
+        if self.variant.image_sizing is not None:
+            side = self.variant.limits.min_image_side // self.variant.image_sizing.multiple_of
+            size = Size(
+                width=side * self.variant.image_sizing.multiple_of, height=side * self.variant.image_sizing.multiple_of
+            )
+        else:
+            size = min(self.variant.native_sizes.values(), key=lambda s: s.width * s.height)
         gray = np.full((size.height, size.width, 3), 128, np.uint8)
         inputs = None
         if self.variant.task == "i2v":
             inputs = PreparedInputs(image=gray)
+        elif self.variant.task == "image_edit":
+            inputs = PreparedInputs(images=[gray])
         elif self.variant.task == "vace":
             inputs = PreparedInputs(video=gray[None], mask=np.ones((1, size.height, size.width), bool))
         t0 = time.perf_counter()
@@ -180,7 +210,7 @@ class GenerationRunner:
                 width=size.width,
                 height=size.height,
                 num_frames=1,
-                num_inference_steps=1,
+                num_inference_steps=self.variant.limits.min_inference_steps,
                 guidance_scale=1.0,
                 seed=0,
                 guidance_scale_2=1.0 if self.variant.boundary_ratio is not None else None,

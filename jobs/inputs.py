@@ -31,6 +31,9 @@ class JobInputs(BaseModel):
     video: bool = Field(default=False, description="A source clip, (T, H, W, 3) uint8 at the generation size and fps.")
     mask: bool = Field(default=False, description="A (T, H, W) bool mask; True = regenerate.")
     reference_images: int = Field(default=0, ge=0, description="Number of VACE reference images, each (h, w, 3) uint8.")
+    images: int = Field(
+        default=0, ge=0, description="Number of image_edit input images, each (h, w, 3) uint8 as uploaded."
+    )
     summary: dict = Field(default_factory=dict, description="What was uploaded, for the job's status (sizes, fps).")
 
 
@@ -43,6 +46,7 @@ class PreparedInputs:
     video: np.ndarray | None = None
     mask: np.ndarray | None = None
     reference_images: list[np.ndarray] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
     def save(self, folder: Path) -> JobInputs:
@@ -67,6 +71,8 @@ class PreparedInputs:
                     np.save(tmp / f"{name}.npy", value)
             for i, ref in enumerate(self.reference_images):
                 np.save(tmp / f"reference_{i}.npy", ref)
+            for i, image in enumerate(self.images):
+                np.save(tmp / f"image_{i}.npy", image)
             os.replace(tmp, folder)
         finally:
             if tmp.exists():
@@ -78,6 +84,7 @@ class PreparedInputs:
             video=self.video is not None,
             mask=self.mask is not None,
             reference_images=len(self.reference_images),
+            images=len(self.images),
             summary=self.summary,
         )
 
@@ -99,6 +106,7 @@ class PreparedInputs:
             video=read("video") if inputs.video else None,
             mask=read("mask") if inputs.mask else None,
             reference_images=[read(f"reference_{i}") for i in range(inputs.reference_images)],
+            images=[read(f"image_{i}") for i in range(inputs.images)],
             summary=inputs.summary,
         )
 

@@ -135,9 +135,15 @@ class ComponentWeights(BaseModel):
     blocks: int = Field(description="Number of repeated blocks.")
 
 
+#: Names of the module lists that hold a component's repeated blocks: ``blocks`` (Wan transformer,
+#: Qwen2.5-VL vision tower), ``block`` (UMT5), ``vace_blocks``, ``transformer_blocks`` (Qwen-Image
+#: MMDiT) and ``layers`` (Qwen2.5-VL language model).
+_BLOCK_LISTS = ("blocks", "block", "vace_blocks", "transformer_blocks", "layers")
+
+
 def price(tensors: Iterable[TensorInfo], fmt: Quantization, compute_bytes: int) -> ComponentWeights:
-    """Weight bytes of a component's tensors loaded in ``fmt``; blocks are ``blocks.N.`` (Wan
-    transformer) or ``encoder.block.N.`` (UMT5)."""
+    """Weight bytes of a component's tensors loaded in ``fmt``; blocks are ``<list>.N.`` for the
+    lists in _BLOCK_LISTS."""
     total = 0.0
     by_block: dict[str, float] = {}
     largest = 0.0
@@ -147,7 +153,7 @@ def price(tensors: Iterable[TensorInfo], fmt: Quantization, compute_bytes: int) 
         largest = max(largest, size)
         parts = t.name.split(".")
         for i in range(len(parts) - 1):
-            if parts[i] in ("blocks", "block", "vace_blocks") and parts[i + 1].isdigit():
+            if parts[i] in _BLOCK_LISTS and parts[i + 1].isdigit():
                 key = ".".join(parts[: i + 2])
                 by_block[key] = by_block.get(key, 0.0) + size
                 break
@@ -188,12 +194,24 @@ class FitPlan(BaseModel):
         description="Pixels per side of the decoder's widest feature map (2 with Wan2.2's patchify, else 1)."
     )
     vae_bytes: int = Field(description="Bytes per VAE activation element (its dtype).")
+    condition_tokens: int = Field(
+        default=0,
+        description="Transformer tokens beside the output's: Qwen-Image-Edit appends each input image's latents "
+        "at about 1024x1024 pixels (4096 tokens each), priced for the most images a request may send.",
+    )
+    vae_min_pixels: int = Field(
+        default=0,
+        description="Pixels the VAE works at whatever the output size: Qwen-Image-Edit encodes each input "
+        "at about 1024x1024.",
+    )
 
     def tokens(self, width: int, height: int, num_frames: int) -> int:
-        """Transformer sequence length: latent frames x latent height x latent width / patch area."""
+        """Transformer sequence length: latent frames x latent height x latent width / patch area,
+        plus ``condition_tokens``."""
         latent_frames = (num_frames - 1) // self.vae_temporal + 1
         pt, ph, pw = self.patch
-        return math.ceil(latent_frames / pt) * (height // self.vae_spatial // ph) * (width // self.vae_spatial // pw)
+        output = math.ceil(latent_frames / pt) * (height // self.vae_spatial // ph) * (width // self.vae_spatial // pw)
+        return output + self.condition_tokens
 
     def activation_bytes(self, width: int, height: int, num_frames: int) -> int:
         """Peak activation bytes of one job: the larger of a transformer forward and the VAE decode
@@ -203,7 +221,7 @@ class FitPlan(BaseModel):
             * (HIDDEN_TENSORS * self.hidden + FFN_TENSORS * self.ffn)
             * self.act_bytes
         )
-        pixels = (height // self.vae_pixel_stride) * (width // self.vae_pixel_stride)
+        pixels = max(height * width, self.vae_min_pixels) // self.vae_pixel_stride**2
         vae = VAE_LIVE_MAPS * VAE_CHUNK_FRAMES * pixels * self.vae_channels * self.vae_bytes
         video = num_frames * height * width * 3 * (4 + 1)
         return max(transformer, vae) + video
@@ -321,6 +339,18 @@ def plan_fit(
     t, v = layout.transformer_config, layout.vae_config
     mult = v.get("dim_mult") or [1]
     patchify = v.get("patch_size") or 1
+    hidden = t["num_attention_heads"] * t["attention_head_dim"]
+    # Wan's patch is (t, h, w); Qwen-Image's one int for (h, w) on single frames. Qwen-Image's
+    # feed-forward is 4x its width (diffusers FeedForward's default mult), Wan states ffn_dim.
+    patch = (
+        list(t["patch_size"]) if isinstance(t["patch_size"], list | tuple) else [1, t["patch_size"], t["patch_size"]]
+    )
+    spatial = v.get("scale_factor_spatial", 8)
+    condition_tokens = vae_min_pixels = 0
+    if variant.task == "image_edit":
+        # diffusers QwenImageEditPlusPipeline: VAE_IMAGE_SIZE = 1024 * 1024 per input image.
+        vae_min_pixels = 1024 * 1024
+        condition_tokens = variant.limits.max_edit_images * vae_min_pixels // (spatial * patch[1] * spatial * patch[2])
     return FitPlan(
         variant=variant.name,
         mode=describe_mode(memory),
@@ -329,15 +359,17 @@ def plan_fit(
         margin_bytes=int(memory.margin_gib * GIB),
         weights_bytes={k: w.total for k, w in priced.items()},
         resident_bytes=_resident(memory, priced, compute),
-        hidden=t["num_attention_heads"] * t["attention_head_dim"],
-        ffn=t["ffn_dim"],
+        hidden=hidden,
+        ffn=t.get("ffn_dim") or 4 * hidden,
         act_bytes=compute,
-        patch=list(t["patch_size"]),
-        vae_spatial=v.get("scale_factor_spatial", 8),
+        patch=patch,
+        vae_spatial=spatial,
         vae_temporal=v.get("scale_factor_temporal", 4),
         vae_channels=(v.get("decoder_base_dim") or v["base_dim"]) * mult[0],
         vae_pixel_stride=patchify,
         vae_bytes=vae_b,
+        condition_tokens=condition_tokens,
+        vae_min_pixels=vae_min_pixels,
     )
 
 
@@ -369,6 +401,8 @@ def suggestions(
     for words, change in _ALTERNATIVES:
         try:
             memory = MemoryConfig.model_validate({**variant.memory.model_dump(), **change})
+            # The variant's own rules too (an image_edit variant keeps its text encoder on the device).
+            type(variant).model_validate({**variant.model_dump(), "memory": memory.model_dump()})
             check_mode(memory, device_info, variant.name)
         except (ValueError, ModeRefused):
             continue

@@ -15,6 +15,7 @@ import torch
 from model_store.fit_check import GIB, FitPlan, gib, plan_fit, read_layout, suggestions
 from model_store.hub import local_folder, pull
 from model_store.memory_modes import DeviceInfo, apply_fp8_storage, check_mode, place, probe_device, quantization_config
+from model_store.qwen_processor import load_processor
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 from model_store.weights_manifest import check_before_load, read_manifest
@@ -74,7 +75,7 @@ def check_fit(variant: VariantConfig, folder: Path, device_info: DeviceInfo) -> 
     budget = int(memory.budget_gib * GIB) if memory.budget_gib else device_info.free_bytes
     layout = read_layout(folder)
     plan = plan_fit(variant, layout, budget, device_info.describe())
-    size = next(iter(variant.native_sizes.values()))
+    size = variant.default_size
     frames = variant.defaults.num_frames
     if memory.fit_check and not plan.fits(size.width, size.height, frames):
         what = "free" if not memory.budget_gib else "in its budget (memory.budget_gib)"
@@ -146,6 +147,8 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     quant = quantization_config(memory, device_info, compute_dtype, variant.boundary_ratio is not None)
     if quant is not None:
         kwargs["quantization_config"] = quant
+    if variant.pipeline_class == "QwenImageEditPlusPipeline":
+        kwargs["processor"] = load_processor(location, revision=kwargs.get("revision"))
     pipe = pipeline_cls.from_pretrained(
         location, dtype={"default": compute_dtype, "vae": _DTYPES[variant.vae_dtype]}, **kwargs
     )

@@ -1,4 +1,4 @@
-"""Tiny random-weight twins of the Wan 2.2 pipelines.
+"""Tiny random-weight twins of the served pipelines (Wan 2.2 and Qwen-Image-Edit).
 
 No weights can be downloaded on the development machines, so each real variant has
 a twin built here: the *same* diffusers and transformers classes, the same
@@ -300,13 +300,164 @@ def build_vace_14b_tiny(seed: int = 0):
     )
 
 
+def _byte_level_qwen_tokenizer():
+    """A byte-level BPE ``Qwen2Tokenizer`` with the real model's chat and vision special tokens.
+
+    Qwen2.5-VL's tokenizer is byte-level BPE over 151k merges; with no merges, each of the 256
+    byte symbols is a token, which keeps every prompt encodable. The special tokens are the ones
+    the pipeline's prompt template and the processor use (``<|im_start|>``, ``<|vision_start|>``,
+    ``<|image_pad|>`` ...), so the prompt is built exactly as for the real model.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return Qwen2Tokenizer(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|vision_pad|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+        ],
+    )
+
+
+def build_qwen_image_edit_tiny(seed: int = 0):
+    """Build the tiny twin of Qwen/Qwen-Image-Edit-2509 as an in-memory ``QwenImageEditPlusPipeline``.
+
+    Kept from the real model (its model_index.json and component configs): a
+    ``Qwen2_5_VLForConditionalGeneration`` text encoder that sees the edit images through its
+    vision tower (patch 14, 2x2 merge, temporal patch 2, windowed attention with full-attention
+    blocks) and multimodal RoPE (mrope sections in the ratio of the real [16, 24, 24]); the
+    ``Qwen2VLProcessor`` (through model_store/qwen_processor.py); a ``QwenImageTransformer2DModel``
+    MMDiT with patch 2, 64 in (16 latent channels x 2x2) and 16 out channels; the
+    ``AutoencoderKLQwenImage`` (z_dim 16, 8x spatial compression, which the pipeline's
+    ``vae_scale_factor`` reads from its three downsamples); and ``FlowMatchEulerDiscreteScheduler``
+    with the real scheduler config (dynamic shifting, base_shift 0.5, max_shift 0.9,
+    shift_terminal 0.02, exponential time shift). Shrunk: widths, depths and the vocabulary.
+    The pipeline resizes every edit image to about 1024x1024 for the VAE whatever the output size,
+    so the VAE is 4 channels wide: a CPU job takes seconds.
+    """
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    from model_store.qwen_processor import ImageOnlyQwen2VLProcessor
+
+    tokenizer = _byte_level_qwen_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=_TEXT_DIM,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=ids("<|im_end|>"),
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+    )
+    vision_config = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=_TEXT_DIM,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[1],
+    )
+    torch.manual_seed(seed)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(
+            text_config=text_config,
+            vision_config=vision_config,
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+        )
+    )
+    # The real processor's pixel limits (Qwen2.5-VL preprocessor_config.json: min_pixels 3136,
+    # max_pixels 12845056) bound what the pipeline's 384x384 condition images become.
+    processor = ImageOnlyQwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(
+            min_pixels=56 * 56, max_pixels=28 * 28 * 1280, patch_size=14, temporal_patch_size=2, merge_size=2
+        ),
+        tokenizer=tokenizer,
+    )
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=_TEXT_DIM,
+        axes_dims_rope=(4, 6, 6),
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKLQwenImage(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=1.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=0.9,
+        base_image_seq_len=256,
+        max_image_seq_len=8192,
+        shift_terminal=0.02,
+        time_shift_type="exponential",
+    )
+    return QwenImageEditPlusPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=processor,
+        transformer=transformer,
+    )
+
+
 #: Tiny-twin variant name -> builder of its in-memory pipeline.
 TINY_BUILDERS: dict[str, Callable[[int], Any]] = {
     "t2v-a14b-tiny": build_t2v_a14b_tiny,
     "i2v-a14b-tiny": build_i2v_a14b_tiny,
     "ti2v-5b-tiny": build_ti2v_5b_tiny,
     "vace-14b-tiny": build_vace_14b_tiny,
+    "qwen-image-edit-tiny": build_qwen_image_edit_tiny,
 }
+
+
+def _real_index_entries(folder: Path) -> None:
+    """Name the real classes in a saved twin's model_index.json where the twin used a stand-in
+    (the processor: model_store/qwen_processor.py), so the twin's layout is the published one."""
+    import json
+
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    if "processor" in index:
+        from model_store.qwen_processor import PROCESSOR_INDEX_ENTRY
+
+        index["processor"] = PROCESSOR_INDEX_ENTRY
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def save_tiny_twin(
@@ -337,6 +488,7 @@ def save_tiny_twin(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        _real_index_entries(tmp)
         write_manifest(tmp, variant.name, "tiny")
         if target.exists():
             shutil.rmtree(target)

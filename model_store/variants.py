@@ -7,6 +7,7 @@ the defaults differ.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -22,8 +23,15 @@ ApiSize = Literal["1280x720", "720x1280", "832x480", "480x832"]
 API_SIZES: tuple[str, ...] = get_args(ApiSize)
 
 #: What a variant does with its inputs. t2v: text only; i2v: text + first frame (+ optional last
-#: frame); ti2v: text with an optional first frame; vace: text + source video + mask (inpainting).
-Task = Literal["t2v", "i2v", "ti2v", "vace"]
+#: frame); ti2v: text with an optional first frame; vace: text + source video + mask (inpainting);
+#: image_edit: text + one to three images, giving an image (Qwen-Image-Edit-2509).
+Task = Literal["t2v", "i2v", "ti2v", "vace", "image_edit"]
+
+#: What a task makes: a video (num_frames frames at the variant's fps) or one image.
+OutputKind = Literal["video", "image"]
+
+#: Tasks whose result is one image; every other task makes a video.
+IMAGE_TASKS: tuple[str, ...] = ("image_edit",)
 
 
 class TaskUploads(BaseModel):
@@ -33,18 +41,20 @@ class TaskUploads(BaseModel):
 
     required: tuple[str, ...] = Field(default=(), description="Fields a request must send.")
     optional: tuple[str, ...] = Field(default=(), description="Fields a request may send.")
+    repeatable: tuple[str, ...] = Field(default=(), description="Fields a request may send more than once.")
 
     @property
     def accepted(self) -> tuple[str, ...]:
         return self.required + self.optional
 
 
-#: The one table of which task takes which uploads. ``reference_images`` may repeat.
+#: The one table of which task takes which uploads.
 TASK_UPLOADS: dict[str, TaskUploads] = {
     "t2v": TaskUploads(),
     "i2v": TaskUploads(required=("image",), optional=("last_image",)),
     "ti2v": TaskUploads(optional=("image",)),
-    "vace": TaskUploads(required=("video", "mask"), optional=("reference_images",)),
+    "vace": TaskUploads(required=("video", "mask"), optional=("reference_images",), repeatable=("reference_images",)),
+    "image_edit": TaskUploads(required=("image",), repeatable=("image",)),
 }
 assert tuple(TASK_UPLOADS) == get_args(Task)
 
@@ -161,6 +171,13 @@ class Limits(BaseModel):
 
     max_num_frames: int = Field(ge=1, description="Largest num_frames a request may ask for.")
     max_inference_steps: int = Field(ge=1, description="Largest num_inference_steps a request may ask for.")
+    min_inference_steps: int = Field(
+        default=1,
+        ge=1,
+        description="Smallest num_inference_steps a request may ask for. 2 for Qwen-Image-Edit: its scheduler's "
+        "shift_terminal stretch divides by zero at 1 step (diffusers FlowMatchEulerDiscreteScheduler), "
+        "giving a NaN image.",
+    )
     max_input_side: int = Field(
         default=4096,
         ge=16,
@@ -186,6 +203,37 @@ class Limits(BaseModel):
     )
     max_upload_bytes: int = Field(default=256 * 2**20, ge=1, description="Largest single uploaded file, bytes.")
     max_reference_images: int = Field(default=3, ge=0, description="Reference images a VACE request may send.")
+    max_edit_images: int = Field(
+        default=3,
+        ge=1,
+        description="Images an image_edit request may send: Qwen-Image-Edit-2509 is trained on one to three "
+        "(its model card).",
+    )
+    min_image_side: int = Field(
+        default=256, ge=16, description="image_edit: shortest side, in pixels, of an output size a request may ask for."
+    )
+    max_image_side: int = Field(
+        default=2048,
+        ge=16,
+        description="image_edit: longest side, in pixels, of an output size a request may ask for. 2048 is twice "
+        "the model's 1024x1024 training area per side; beyond it the model repeats content.",
+    )
+
+
+class ImageSizing(BaseModel):
+    """How an image variant chooses its output size when a request names none, and the grid sizes
+    snap to. Qwen-Image-Edit-2509's pipeline (diffusers QwenImageEditPlusPipeline,
+    ``calculate_dimensions``): the input image's aspect ratio at an area of 1024x1024 pixels,
+    rounded to multiples of 32; any requested size is floored to a multiple of 16 (the VAE's 8x
+    times the transformer's 2x2 patch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_area: int = Field(
+        default=1024 * 1024, ge=256, description="Pixels of the default output size (width x height)."
+    )
+    default_multiple: int = Field(default=32, ge=1, description="The default size's sides are rounded to this.")
+    multiple_of: int = Field(default=16, ge=1, description="A requested size's sides must be multiples of this.")
 
 
 class VariantConfig(BaseModel):
@@ -198,10 +246,10 @@ class VariantConfig(BaseModel):
 
     name: str = Field(description="Variant name used in requests and deployment names, e.g. ti2v-5b.")
     description: str = Field(default="", description="One line for humans.")
-    pipeline_class: Literal["WanPipeline", "WanImageToVideoPipeline", "WanVACEPipeline"] = Field(
-        description="diffusers pipeline class the weights load into (model_index.json's _class_name)."
-    )
-    task: Task = Field(description="Which inputs the variant takes: t2v, i2v, ti2v or vace (see Task).")
+    pipeline_class: Literal[
+        "WanPipeline", "WanImageToVideoPipeline", "WanVACEPipeline", "QwenImageEditPlusPipeline"
+    ] = Field(description="diffusers pipeline class the weights load into (model_index.json's _class_name).")
+    task: Task = Field(description="Which inputs the variant takes: t2v, i2v, ti2v, vace or image_edit (see Task).")
     boundary_ratio: float | None = Field(
         default=None,
         gt=0,
@@ -213,14 +261,22 @@ class VariantConfig(BaseModel):
     tiny_twin: str | None = Field(default=None, description="Name of this variant's tiny random-weight twin, if any.")
     twin_of: str | None = Field(default=None, description="For a tiny twin: the real variant it mirrors.")
     native_sizes: dict[str, Size] = Field(
-        description="API size (one of API_SIZES) -> size the pipeline generates at natively. The first entry "
-        "is the default size of requests without inputs."
+        default={},
+        description="Video variants: API size (one of API_SIZES) -> size the pipeline generates at natively. "
+        "The first entry is the default size of requests without inputs. Image variants leave it empty.",
+    )
+    image_sizing: ImageSizing | None = Field(
+        default=None, description="Image variants: how the output size is chosen and checked; None for video."
     )
     resize_mode: Literal["pad", "scale"] = Field(
         default="pad",
         description="How native frames reach the API size: pad with black bands (no distortion) or scale.",
     )
-    fps: int = Field(gt=0, description="Frames per second of the output video.")
+    fps: int = Field(
+        default=1,
+        gt=0,
+        description="Frames per second of the output video; video variants must state it (image variants: 1).",
+    )
     temporal_compression: int = Field(
         default=4, ge=1, description="VAE temporal compression; num_frames must be k*temporal_compression+1."
     )
@@ -235,7 +291,9 @@ class VariantConfig(BaseModel):
     device: Literal["auto", "cuda", "cpu"] = Field(
         default="auto", description="Device the pipeline runs on; auto picks cuda when the replica has a GPU."
     )
-    max_sequence_length: int = Field(default=512, ge=1, description="Text tokens per prompt (Wan uses 512).")
+    max_sequence_length: int = Field(
+        default=512, ge=1, description="Text tokens per prompt (Wan uses 512; Qwen-Image-Edit at most 1024)."
+    )
     warmup: bool = Field(
         default=True, description="Run one short generation at replica start so the first job is not slow."
     )
@@ -255,18 +313,60 @@ class VariantConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> VariantConfig:
+        if (self.boundary_ratio is None) != (self.defaults.guidance_scale_2 is None):
+            raise ValueError(
+                "boundary_ratio and defaults.guidance_scale_2 go together: both for A14B, neither otherwise"
+            )
+        if self.output_kind == "image":
+            if self.memory.text_encoder_device == "cpu":
+                raise ValueError(
+                    f"memory.text_encoder_device cpu is for the Wan pipelines, which encode the prompt alone; "
+                    f"{self.pipeline_class} encodes the prompt with the input images inside its call: "
+                    "use offload model or group to keep the text encoder off the GPU between jobs"
+                )
+            if self.native_sizes or self.image_sizing is None:
+                raise ValueError(f"task {self.task} makes images: give image_sizing, not native_sizes")
+            if self.defaults.num_frames != 1 or self.limits.max_num_frames != 1:
+                raise ValueError(
+                    f"task {self.task} makes one image: defaults.num_frames and limits.max_num_frames are 1"
+                )
+            return self
+        if "fps" not in self.model_fields_set:
+            raise ValueError("a video variant states its fps")
         unknown = set(self.native_sizes) - set(API_SIZES)
         if unknown:
             raise ValueError(f"native_sizes keys must be among {API_SIZES}, got {sorted(unknown)}")
         if not self.native_sizes:
             raise ValueError("native_sizes must map at least one API size")
-        if (self.boundary_ratio is None) != (self.defaults.guidance_scale_2 is None):
-            raise ValueError(
-                "boundary_ratio and defaults.guidance_scale_2 go together: both for A14B, neither otherwise"
-            )
         if not self.frames_ok(self.defaults.num_frames):
             raise ValueError(f"defaults.num_frames={self.defaults.num_frames} breaks the {self.frame_rule} rule")
         return self
+
+    def image_size_for(self, width: int, height: int) -> Size:
+        """Image variants: the default output size for an input of ``width`` x ``height`` pixels: its
+        aspect ratio at ``image_sizing.default_area`` pixels, each side rounded to
+        ``default_multiple`` (diffusers' ``calculate_dimensions`` for Qwen-Image-Edit).
+
+        Raises:
+            ValueError: not an image variant.
+        """
+        if self.image_sizing is None:
+            raise ValueError(f"variant {self.name} makes videos; its sizes are native_sizes")
+        sizing, ratio = self.image_sizing, width / height
+        w = math.sqrt(sizing.default_area * ratio)
+        step = sizing.default_multiple
+        return Size(width=max(round(w / step), 1) * step, height=max(round(w / ratio / step), 1) * step)
+
+    @property
+    def default_size(self) -> Size:
+        """The size of a request that names none and sends no media: the first native size, or for
+        an image variant a square of ``image_sizing.default_area`` pixels."""
+        return next(iter(self.native_sizes.values())) if self.native_sizes else self.image_size_for(1, 1)
+
+    @property
+    def output_kind(self) -> OutputKind:
+        """``image`` for the IMAGE_TASKS, else ``video``."""
+        return "image" if self.task in IMAGE_TASKS else "video"
 
     @property
     def uploads(self) -> TaskUploads:

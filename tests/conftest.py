@@ -13,7 +13,7 @@ import pytest
 from model_store.tiny_twin import ensure_tiny_twins
 
 TINY = "ti2v-5b-tiny"
-TINY_VARIANTS = ["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny"]
+TINY_VARIANTS = ["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny", "qwen-image-edit-tiny"]
 TERMINAL = {"success", "error", "canceled"}
 
 

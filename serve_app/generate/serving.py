@@ -212,9 +212,10 @@ class JobService:
         if num_frames is not None:
             self._check_frames(variant, num_frames)
         steps = req.num_inference_steps if req.num_inference_steps is not None else d.num_inference_steps
-        if steps > limits.max_inference_steps:
+        if not limits.min_inference_steps <= steps <= limits.max_inference_steps:
             raise ValidationFailed(
-                f"num_inference_steps must be at most {limits.max_inference_steps} for {variant.name}; got {steps}",
+                f"num_inference_steps must be {limits.min_inference_steps} to {limits.max_inference_steps} "
+                f"for {variant.name}; got {steps}",
                 field="num_inference_steps",
             )
         if req.guidance_scale_2 is not None and variant.boundary_ratio is None:
