@@ -183,7 +183,8 @@ class GenerationRunner:
         return frames_to_uint8(output.images if self.variant.output_kind == "image" else output.frames[0])
 
     def warmup(self) -> float:
-        """One short generation (min_inference_steps steps, one frame) at the smallest size, so the first job is not slow.
+        """One short generation (min_inference_steps steps, one frame) at the smallest size, so the
+        first job is not slow.
 
         Image and video tasks get a gray frame (and an all-regenerate mask). Returns its wall
         time in seconds.

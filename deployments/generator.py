@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import ray
 import torch
@@ -37,6 +38,7 @@ from jobs.files import ResultFiles
 from jobs.inputs import PreparedInputs
 from jobs.model import OUTPUT_FORMATS, JobResult, JobSpec, Phase, ProgressEvent
 from media.compositing import mask_to_alpha, paste_back
+from media.image_io import ImageFormat, write_image
 from media.video_io import fit_frames, write_mp4, write_png_zip, write_webm_alpha
 from model_store.adapters import AdapterNotFound, adapter_for
 from model_store.loader import load_variant_pipeline
@@ -233,9 +235,10 @@ class Generator:
             self.gpu_id, spec.id, extension=OUTPUT_FORMATS[spec.output_format].extension
         )
         # Announced before it exists, so a cancel from now on removes it whatever the timing.
+        image = self.variant.output_kind == "image"
         emit(
             ProgressEvent(
-                phase=Phase.encoding_video,
+                phase=Phase.encoding_image if image else Phase.encoding_video,
                 step=params.num_inference_steps,
                 total_steps=params.num_inference_steps,
                 gpu_id=self.gpu_id,
@@ -258,7 +261,9 @@ class Generator:
 
         try:
             self.faults.on_write()
-            if spec.output_format == "mp4":
+            if image:
+                size = write_image(frames, path, cast(ImageFormat, spec.output_format), should_abort=should_abort)
+            elif spec.output_format == "mp4":
                 size = write_mp4(
                     frames, path, self.variant.fps, width=out.width, height=out.height, should_abort=should_abort
                 )

@@ -10,11 +10,11 @@ from typing import Literal, cast, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.inputs import JobInputs
-from model_store.variants import Size
+from model_store.variants import OutputKind, Size
 
-#: Result file formats. ``webm`` (VP9, yuva420p) and ``png_zip`` (RGBA PNG frames) carry the
-#: inpainting mask as alpha; they exist for VACE jobs.
-OutputFormat = Literal["mp4", "webm", "png_zip"]
+#: Result file formats. Videos: ``mp4``; ``webm`` (VP9, yuva420p) and ``png_zip`` (RGBA PNG frames)
+#: carry the inpainting mask as alpha, for VACE jobs. Images (image_edit): ``png``, ``webp``, ``jpeg``.
+OutputFormat = Literal["mp4", "webm", "png_zip", "png", "webp", "jpeg"]
 
 
 @dataclass(frozen=True)
@@ -22,14 +22,19 @@ class FormatInfo:
     """How one output format is stored and served."""
 
     extension: str  #: file name suffix, with the dot
-    media_type: str  #: HTTP Content-Type (IANA media types: video/mp4, video/webm, application/zip)
+    media_type: str  #: HTTP Content-Type (IANA media types: video/mp4, video/webm, application/zip, image/png ...)
+    kind: OutputKind  #: what it holds: a video or one image
 
 
-#: The one table of output formats: extension and media type of each.
+#: The one table of output formats: extension, media type and kind of each. The first of each kind
+#: is that kind's default.
 OUTPUT_FORMATS: dict[str, FormatInfo] = {
-    "mp4": FormatInfo(".mp4", "video/mp4"),
-    "webm": FormatInfo(".webm", "video/webm"),
-    "png_zip": FormatInfo(".zip", "application/zip"),
+    "mp4": FormatInfo(".mp4", "video/mp4", "video"),
+    "webm": FormatInfo(".webm", "video/webm", "video"),
+    "png_zip": FormatInfo(".zip", "application/zip", "video"),
+    "png": FormatInfo(".png", "image/png", "image"),
+    "webp": FormatInfo(".webp", "image/webp", "image"),
+    "jpeg": FormatInfo(".jpg", "image/jpeg", "image"),
 }
 assert tuple(OUTPUT_FORMATS) == get_args(OutputFormat)
 
@@ -67,6 +72,12 @@ class Phase(str, Enum):
     denoising = "denoising"
     decoding = "decoding"
     encoding_video = "encoding_video"
+    encoding_image = "encoding_image"
+
+    @property
+    def writes_file(self) -> bool:
+        """Whether the generator is writing the result file (a video or an image)."""
+        return self in (Phase.encoding_video, Phase.encoding_image)
 
 
 class LoraRef(BaseModel):
@@ -150,7 +161,7 @@ class ProgressEvent(BaseModel):
     gpu_id: str = Field(description="GPU index of the replica, or 'cpu'.")
     filename: str | None = Field(
         default=None,
-        description="With encoding_video: the result file about to be written, so the router knows "
+        description="With encoding_video or encoding_image: the result file about to be written, so the router knows "
         "it before it exists (a cancel then removes it whatever the timing).",
     )
 
@@ -176,12 +187,12 @@ DENOISING_SHARE = 0.9
 
 
 def job_progress(rec: JobRecord) -> float:
-    """0..1: denoising steps fill 0..0.9, the VAE decode reaches 0.9, encoding the video 0.95, success 1."""
+    """0..1: denoising steps fill 0..0.9, the VAE decode reaches 0.9, writing the file 0.95, success 1."""
     if rec.status == JobStatus.success:
         return 1.0
     if rec.status != JobStatus.running:
         return 0.0
-    if rec.phase == Phase.encoding_video:
+    if rec.phase is not None and rec.phase.writes_file:
         return 0.95
     if rec.phase == Phase.decoding:
         return DENOISING_SHARE

@@ -1,4 +1,5 @@
-"""Still previews of a result video for /v1/videos content variants: a thumbnail and a spritesheet."""
+"""Still previews of a result for /v1/videos content variants and /files: a thumbnail and a
+spritesheet. An image result is its own one-frame clip."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
+
+from jobs.model import OUTPUT_FORMATS, format_of_filename
+from media.image_io import read_image
 
 #: Frames in a spritesheet (at most), its columns, and the width of each cell in pixels.
 SPRITE_FRAMES, SPRITE_COLUMNS, SPRITE_CELL_WIDTH = 16, 4, 256
@@ -25,9 +29,17 @@ def _png_names(path: Path) -> list[str] | None:
         return sorted(n for n in archive.namelist() if n.endswith(".png"))
 
 
+def _is_image(path: Path) -> bool:
+    """Whether ``path`` is an image result (PNG, WebP or JPEG), by its extension (jobs/model.py)."""
+    fmt = format_of_filename(Path(path).name)
+    return fmt is not None and OUTPUT_FORMATS[fmt].kind == "image"
+
+
 def _frames_at(path: Path, wanted: list[int]) -> list[np.ndarray]:
-    """Decode only frames ``wanted`` (indices, sorted) of the video (or PNG-zip) at ``path``, as
-    (H, W, 3) uint8 RGB."""
+    """Decode only frames ``wanted`` (indices, sorted) of the video (or PNG-zip, or image) at
+    ``path``, as (H, W, 3) uint8 RGB."""
+    if _is_image(path):
+        return [read_image(path)]
     names = _png_names(path)
     if names is not None:
         with zipfile.ZipFile(path) as archive:
@@ -43,6 +55,8 @@ def _frames_at(path: Path, wanted: list[int]) -> list[np.ndarray]:
 
 
 def _frame_count(path: Path) -> int:
+    if _is_image(path):
+        return 1
     names = _png_names(path)
     if names is not None:
         return len(names)
@@ -58,7 +72,7 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 
 def thumbnail_jpeg(path: Path) -> bytes:
-    """The middle frame of the result at ``path`` (MP4, WebM or PNG zip), full size, as JPEG bytes."""
+    """The middle frame of the result at ``path`` (MP4, WebM, PNG zip or an image), full size, as JPEG bytes."""
     n = _frame_count(path)
     return _jpeg(_frames_at(path, [max(n // 2, 0)])[0])
 

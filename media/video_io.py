@@ -43,7 +43,7 @@ def fit_frames(frames: np.ndarray, width: int, height: int, mode: Literal["pad",
 
 
 @contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path``; rename it to ``path`` if the block succeeds.
 
     A rename replaces only a file of the same job (an earlier attempt's): result names are unique
@@ -83,7 +83,7 @@ def _encode(
     should_abort: Callable[[], bool] | None,
 ) -> int:
     """Encode ``video_frames`` with ``codec`` into ``path`` atomically; returns the file size in bytes."""
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         with av.open(str(tmp), mode="w", format=container_format) as container:
             stream = container.add_stream(codec, rate=Fraction(fps, 1))
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -194,7 +194,7 @@ def write_png_zip(
         ValueError: shapes or dtypes do not match.
     """
     _check_frames(frames, alpha)
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for i, (rgb, a) in enumerate(zip(frames, alpha, strict=True)):
                 _check_abort(should_abort)

@@ -23,9 +23,8 @@ from media.decode import (
     sniff_image_format,
 )
 from media.fit import Fit, fit_image, fit_mask, fit_video
-from model_store.variants import Limits, VariantConfig
+from model_store.variants import Limits, Size, VariantConfig
 
-_REPEATABLE = ("reference_images",)
 _WHAT = {"image": "the first frame", "video": "the source clip", "mask": "the mask (white = regenerate)"}
 
 
@@ -43,7 +42,8 @@ class PreparedMedia:
     """What the uploads decide about a job.
 
     Attributes:
-        size: the output size (API size key, e.g. ``1280x720``).
+        size: the output size, WIDTHxHEIGHT: an API size key (``1280x720``) of a video variant, or an
+            image variant's output size.
         num_frames: frames to generate (for vace: what the source clip gives, 4k+1).
         inputs: decoded and fitted inputs, or None for a text-only job.
     """
@@ -77,7 +77,7 @@ def _check_fields(variant: VariantConfig, uploads: list[Upload], image_variants:
                 )
             takes = ", ".join(accepted) if accepted else "no uploads (text only)"
             raise ValidationFailed(f"variant {variant.name} takes {takes}; it cannot use {name!r}", field=name)
-        if len(ups) > 1 and name not in _REPEATABLE:
+        if len(ups) > 1 and name not in variant.uploads.repeatable:
             raise ValidationFailed(f"send one {name}, not {len(ups)}", field=name)
         for up in ups:
             if len(up.data) > variant.limits.max_upload_bytes:
@@ -88,16 +88,54 @@ def _check_fields(variant: VariantConfig, uploads: list[Upload], image_variants:
                 )
     for name in variant.uploads.required:
         if name not in by_field:
+            what = "an image to edit" if variant.task == "image_edit" else _WHAT.get(name, name)
             raise ValidationFailed(
-                f"variant {variant.name} needs {_WHAT.get(name, name)}: send it as the multipart file field {name!r}",
+                f"variant {variant.name} needs {what}: send it as the multipart file field {name!r}",
                 field=name,
             )
+    images = by_field.get("image", [])
+    if variant.task == "image_edit" and len(images) > variant.limits.max_edit_images:
+        raise ValidationFailed(
+            f"variant {variant.name} edits from 1 to {variant.limits.max_edit_images} images, got {len(images)}",
+            field="image",
+        )
     refs = by_field.get("reference_images", [])
     if len(refs) > variant.limits.max_reference_images:
         raise ValidationFailed(
             f"at most {variant.limits.max_reference_images} reference_images, got {len(refs)}", field="reference_images"
         )
     return by_field
+
+
+def image_output_size(variant: VariantConfig, size: str | None, first: tuple[int, int] | None) -> Size:
+    """An image variant's output size: ``size`` (WIDTHxHEIGHT) when given, checked against the
+    variant's grid and bounds; else the first input image's (width, height) aspect at the default
+    area (``VariantConfig.image_size_for``), each side kept within the bounds.
+
+    Raises:
+        ValidationFailed: a malformed size, a side off the grid or outside the bounds.
+    """
+    assert variant.image_sizing is not None
+    grid, limits = variant.image_sizing.multiple_of, variant.limits
+    low, high = limits.min_image_side, limits.max_image_side
+    if size is None:
+        w, h = first or (1, 1)
+        chosen = variant.image_size_for(w, h)
+        fit = [min(max(side, -(-low // grid) * grid), high // grid * grid) for side in (chosen.width, chosen.height)]
+        return Size(width=fit[0], height=fit[1])
+    try:
+        asked = Size.parse(size)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), field="size") from None
+    sides = (asked.width, asked.height)
+    if any(side % grid for side in sides) or not all(low <= side <= high for side in sides):
+        nearest = Size(**{k: min(max(round(v / grid) * grid, low), high) for k, v in asked.model_dump().items()})
+        raise ValidationFailed(
+            f"variant {variant.name} makes images whose sides are multiples of {grid} from {low} to {high} pixels; "
+            f"got {size}, try {nearest}",
+            field="size",
+        )
+    return asked
 
 
 def _check_size(variant: VariantConfig, size: str) -> str:
@@ -184,6 +222,23 @@ def _prepare_mask(
     return masks, summary
 
 
+def _prepare_edit_images(variant: VariantConfig, size: str | None, uploads: list[Upload]) -> PreparedMedia:
+    """Decode an image_edit request's images as uploaded: the pipeline resizes each itself (about
+    384x384 for its text encoder, 1024x1024 for its VAE), so nothing is fitted here."""
+    images = [
+        decode_image(up.data, field="image" if len(uploads) == 1 else f"image[{i}]", **_image_limits(variant.limits))
+        for i, up in enumerate(uploads)
+    ]
+    chosen = image_output_size(variant, size, (images[0].shape[1], images[0].shape[0]))
+    summary = {
+        "images": [
+            {"width": im.shape[1], "height": im.shape[0], "format": sniff_image_format(up.data)}
+            for im, up in zip(images, uploads, strict=True)
+        ]
+    }
+    return PreparedMedia(size=str(chosen), num_frames=1, inputs=PreparedInputs(images=images, summary=summary))
+
+
 def prepare_media(
     variant: VariantConfig,
     *,
@@ -213,6 +268,8 @@ def prepare_media(
     by_field = _check_fields(variant, uploads, image_variants)
     limits = variant.limits
     default_frames = num_frames if num_frames is not None else variant.defaults.num_frames
+    if variant.task == "image_edit":
+        return _prepare_edit_images(variant, size, by_field["image"])
     if not by_field:
         chosen = _check_size(variant, size or next(iter(variant.native_sizes)))
         return PreparedMedia(size=chosen, num_frames=default_frames, inputs=None)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from jobs.model import DEFAULT_WEBHOOK_EVENTS, JobStatus, LoraRef, OutputFormat, WebhookEvent, WebhookSpec
 from media.fit import Fit
-from model_store.variants import ApiSize, upload_roles
+from model_store.variants import API_SIZES, upload_roles
 from webhooks.guard import MAX_URL_LENGTH
 from webhooks.model import WebhookMessage
 
@@ -32,6 +32,9 @@ def _json_list(value):
     return value
 
 
+#: What a ``size`` field looks like before the variant checks it: WIDTHxHEIGHT in pixels.
+SIZE_PATTERN = r"^[0-9]{1,5}x[0-9]{1,5}$"
+
 #: LoRA adapters one request may apply at once.
 MAX_LORAS = 4
 Loras = Annotated[list[LoraRef], BeforeValidator(_json_list), Field(max_length=MAX_LORAS)]
@@ -41,7 +44,8 @@ Loras = Annotated[list[LoraRef], BeforeValidator(_json_list), Field(max_length=M
 UPLOAD_FIELDS: dict[str, str] = {
     name: f"{text} ({upload_roles(name)})"
     for name, text in {
-        "image": "First frame: PNG, JPEG or WEBP.",
+        "image": "First frame: PNG, JPEG or WEBP; for image_edit the image(s) to edit, one to three "
+        "(repeat the field).",
         "last_image": "Last frame for first-last-frame generation: PNG, JPEG or WEBP.",
         "video": "Source clip to inpaint: MP4, MOV or WebM, any pixel format and frame rate.",
         "mask": "What to regenerate, white = regenerate: an image applied to every frame, "
@@ -60,10 +64,14 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=10_000, description="What the video shows. Required, non-empty.")
-    size: ApiSize | None = Field(
+    size: str | None = Field(
         default=None,
-        description="Output size, WIDTHxHEIGHT. Default: the variant's first native size in the "
-        "orientation of the uploaded image or video (portrait when taller than wide), else its first native size.",
+        pattern=SIZE_PATTERN,
+        description=f"Output size, WIDTHxHEIGHT. Video variants: one of {', '.join(API_SIZES)} that the variant "
+        "serves (GET /variants); default: its first native size in the orientation of the uploaded image or "
+        "video (portrait when taller than wide), else its first native size. Image variants: sides multiples "
+        "of 16 within the variant's bounds (256 to 2048 by default); default: the first image's aspect ratio "
+        "at about a megapixel.",
     )
     filename: str | None = Field(
         default=None, description="Output file name; sanitized, the output format's extension enforced."
@@ -86,16 +94,24 @@ class GenerateRequest(BaseModel):
     guidance_scale_2: float | None = Field(
         default=None, ge=0, le=50, description="A14B only: the low-noise expert's guidance scale."
     )
+    true_cfg_scale: float | None = Field(
+        default=None,
+        ge=0,
+        le=50,
+        description="Image-edit variants (Qwen-Image-Edit) only: the true classifier-free guidance scale, "
+        "> 1 to turn guidance on (the model card uses 4.0). Video variants take guidance_scale.",
+    )
     negative_prompt: str | None = Field(default=None, max_length=10_000, description="What the video should avoid.")
     fit: Fit = Field(
         default="crop",
         description="How uploads reach the output size: crop (center-crop to the aspect, then "
         "resize) or pad (resize to fit, then black bands).",
     )
-    output_format: OutputFormat = Field(
-        default="mp4",
-        description="Result file: mp4 (H.264); for vace also webm (VP9 with the mask as alpha) or "
-        "png_zip (RGBA PNG frames, the mask as alpha).",
+    output_format: OutputFormat | None = Field(
+        default=None,
+        description="Result file. Video variants: mp4 (H.264, the default); for vace also webm (VP9 with the "
+        "mask as alpha) or png_zip (RGBA PNG frames, the mask as alpha). Image variants: png (the default), "
+        "webp (lossless) or jpeg.",
     )
     preserve_unmasked: bool = Field(
         default=True, description="vace: copy the source pixels outside the mask into the result unchanged."
@@ -143,7 +159,8 @@ class JobStatusResponse(BaseModel):
         description="Fraction done, 0..1: denoising steps fill 0..0.9, decoding 0.9, encoding 0.95, success 1.",
     )
     phase: str | None = Field(
-        description="loading | encoding_prompt | denoising | decoding | encoding_video while running."
+        description="loading | encoding_prompt | denoising | decoding | encoding_video (encoding_image for an "
+        "image) while running."
     )
     step: int = Field(description="Denoising steps completed.")
     total_steps: int = Field(description="Denoising steps in this job.")
@@ -158,7 +175,7 @@ class JobStatusResponse(BaseModel):
     seed: int = Field(description="Seed used; resubmit with it to reproduce the video.")
     filename: str | None
     file_url: str | None = Field(description="Where to download the result once status is success.")
-    output_format: str = Field(default="mp4", description="mp4, webm or png_zip.")
+    output_format: str = Field(default="mp4", description="mp4, webm or png_zip; png, webp or jpeg for an image.")
     size: str = Field(default="", description="Output size, WIDTHxHEIGHT.")
     num_frames: int = Field(default=0, description="Frames in the output video.")
     inputs: dict | None = Field(

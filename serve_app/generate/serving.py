@@ -87,9 +87,11 @@ DECODE_WORKERS = 2
 
 
 def output_formats(variant: VariantConfig) -> list[OutputFormat]:
-    """The result formats ``variant`` writes: mp4 for all; webm and png_zip (the mask as alpha) for
-    inpainting (vace) variants only, since only they have a mask."""
-    return list(get_args(OutputFormat)) if variant.task == "vace" else ["mp4"]
+    """The result formats ``variant`` writes, its default first: image variants the image formats
+    (png first); video variants mp4, and webm and png_zip (the mask as alpha) for inpainting (vace)
+    variants only, since only they have a mask."""
+    formats = [f for f in get_args(OutputFormat) if OUTPUT_FORMATS[f].kind == variant.output_kind]
+    return formats if variant.task in ("vace", "image_edit") else ["mp4"]
 
 
 def frames_for_seconds(variant: VariantConfig, seconds: float) -> int:
@@ -198,12 +200,17 @@ class JobService:
         webhook = self.webhook_spec(req.webhook_url, req.webhook_events)
         loras = self.check_loras(variant, req.loras or [])
         d, limits = variant.defaults, variant.limits
-        if req.output_format not in output_formats(variant):
-            raise ValidationFailed(
-                f"output_format {req.output_format} carries an inpainting mask as alpha; it is for vace variants, "
-                f"and {variant.name} is {variant.task}: use mp4",
-                field="output_format",
+        formats = output_formats(variant)
+        output_format = req.output_format or formats[0]
+        if output_format not in formats:
+            why = (
+                f"{variant.name} makes {variant.output_kind}s"
+                if OUTPUT_FORMATS[output_format].kind != variant.output_kind
+                else f"output_format {output_format} carries an inpainting mask as alpha; it is for vace variants, "
+                f"and {variant.name} is {variant.task}"
             )
+            raise ValidationFailed(f"{why}: use {' or '.join(formats)}", field="output_format")
+        self._check_guidance_fields(variant, req)
         num_frames = req.num_frames
         if req.seconds is not None:
             if num_frames is not None:
@@ -218,12 +225,6 @@ class JobService:
                 f"for {variant.name}; got {steps}",
                 field="num_inference_steps",
             )
-        if req.guidance_scale_2 is not None and variant.boundary_ratio is None:
-            raise ValidationFailed(
-                f"guidance_scale_2 sets the low-noise expert's guidance; {variant.name} has one expert: "
-                "use guidance_scale",
-                field="guidance_scale_2",
-            )
         image_variants = sorted(n for n, v in self.variants.items() if v.takes_image)
         media = prepare_media(
             variant,
@@ -234,8 +235,9 @@ class JobService:
             image_variants=image_variants,
         )
         self._check_frames(variant, media.num_frames)
-        native = variant.native_sizes[media.size]
-        guidance = req.guidance_scale if req.guidance_scale is not None else d.guidance_scale
+        native = variant.native_sizes[media.size] if variant.native_sizes else Size.parse(media.size)
+        asked_guidance = req.true_cfg_scale if variant.task == "image_edit" else req.guidance_scale
+        guidance = asked_guidance if asked_guidance is not None else d.guidance_scale
         params = GenerationParams(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt if req.negative_prompt is not None else d.negative_prompt,
@@ -250,14 +252,14 @@ class JobService:
             seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
             loras=loras,
         )
-        extension = OUTPUT_FORMATS[req.output_format].extension
+        extension = OUTPUT_FORMATS[output_format].extension
         spec = JobSpec(
             id=uuid.uuid4().hex,
             variant=variant.name,
             params=params,
             output_size=Size.parse(media.size),
             filename=caller_filename(req.filename, extension) if req.filename is not None else None,
-            output_format=req.output_format,
+            output_format=output_format,
             preserve_unmasked=req.preserve_unmasked,
             webhook=webhook,
         )
@@ -284,6 +286,35 @@ class JobService:
                     f"{exc}; adapters for {variant.name}: {', '.join(there) or 'none'}", field="loras", adapters=there
                 ) from None
         return loras
+
+    @staticmethod
+    def _check_guidance_fields(variant: VariantConfig, req: GenerateRequest) -> None:
+        """Refuse the fields of another kind of variant, naming the one this variant takes.
+
+        Raises:
+            ValidationFailed: guidance_scale_2 without two experts; true_cfg_scale on a Wan variant;
+                guidance_scale, num_frames or seconds on an image variant.
+        """
+        if req.guidance_scale_2 is not None and variant.boundary_ratio is None:
+            raise ValidationFailed(
+                f"guidance_scale_2 sets the low-noise expert's guidance; {variant.name} has one expert: "
+                "use guidance_scale" + (" (true_cfg_scale for an image variant)" if variant.image_sizing else ""),
+                field="guidance_scale_2",
+            )
+        if variant.task == "image_edit":
+            if req.guidance_scale is not None:
+                raise ValidationFailed(
+                    f"{variant.name} (Qwen-Image-Edit) takes its guidance as true_cfg_scale, not guidance_scale",
+                    field="guidance_scale",
+                )
+            for name in ("num_frames", "seconds"):
+                if getattr(req, name) is not None:
+                    raise ValidationFailed(f"{variant.name} makes one image; leave out {name}", field=name)
+        elif req.true_cfg_scale is not None:
+            raise ValidationFailed(
+                f"true_cfg_scale is Qwen-Image-Edit's guidance; {variant.name} takes guidance_scale",
+                field="true_cfg_scale",
+            )
 
     @staticmethod
     def _check_frames(variant: VariantConfig, num_frames: int) -> None:

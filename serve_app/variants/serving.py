@@ -9,6 +9,7 @@ from model_store.variants import VariantConfig
 from serve_app.generate.serving import JobService, output_formats
 from serve_app.variants.protocol import (
     AdapterSummary,
+    ImageSizeRule,
     ModelCard,
     ModelList,
     UploadFields,
@@ -22,7 +23,8 @@ OWNER = "wan-serve"
 
 
 def _uploads(variant: VariantConfig) -> UploadFields:
-    return UploadFields(required=list(variant.uploads.required), optional=list(variant.uploads.optional))
+    u = variant.uploads
+    return UploadFields(required=list(u.required), optional=list(u.optional), repeatable=list(u.repeatable))
 
 
 def _readiness(status: GeneratorStatus | None) -> VariantReadiness:
@@ -55,17 +57,28 @@ class VariantsService:
                     name=v.name,
                     description=v.description,
                     task=v.task,
+                    output=v.output_kind,
                     pipeline_class=v.pipeline_class,
                     twin_of=v.twin_of,
                     experts=2 if v.boundary_ratio is not None else 1,
                     sizes=list(v.native_sizes),
+                    image_sizes=ImageSizeRule(
+                        multiple_of=v.image_sizing.multiple_of,
+                        min_side=v.limits.min_image_side,
+                        max_side=v.limits.max_image_side,
+                        default_area=v.image_sizing.default_area,
+                    )
+                    if v.image_sizing
+                    else None,
                     fps=v.fps,
                     frame_rule=v.frame_rule,
                     max_num_frames=v.limits.max_num_frames,
                     max_seconds=round(v.limits.max_num_frames / v.fps, 3),
                     max_inference_steps=v.limits.max_inference_steps,
+                    min_inference_steps=v.limits.min_inference_steps,
                     max_upload_bytes=v.limits.max_upload_bytes,
                     max_reference_images=v.limits.max_reference_images,
+                    max_edit_images=v.limits.max_edit_images if v.task == "image_edit" else None,
                     defaults=v.defaults,
                     uploads=_uploads(v),
                     output_formats=output_formats(v),
