@@ -152,6 +152,14 @@ class IdempotencyConflict(ServiceError):
     code = "idempotency_conflict"
 
 
+class JobFailed(ServiceError):
+    """A job the caller waited for (the synchronous /v1/images routes) ended in error or was
+    canceled (HTTP 422: the request was fine, the job gave no result, and a retry of the same
+    request would make a new job). ``details`` carry ``job_id`` and the job's ``job_error_code``."""
+
+    code = "job_failed"
+
+
 class JobCanceled(ServiceError):
     """Raised inside a generation when its job was canceled; stops work before the next step."""
 

@@ -21,6 +21,7 @@ from jobs.config import DataLayout, QueuePolicy, RetentionPolicy, make_private_d
 from jobs.engine import EngineConfig
 from model_store.settings import StoreSettings
 from model_store.variants import load_variant
+from serve_app.images.serving import DEFAULT_IMAGE_WAIT_S
 from serve_app.ingress import INGRESS_MAX_ONGOING_REQUESTS, Ingress
 from serve_app.settings import ServiceSettings
 from webhooks.sender import WebhookConfig, check_secret, load_or_create_secret
@@ -79,6 +80,12 @@ class AppArgs(QueuePolicy, RetentionPolicy):
         ge=60,
         description="How long a signed download URL (file_url) stays valid, seconds; rounded up to 300 s. "
         "Status calls hand out fresh ones.",
+    )
+    image_wait_s: float = Field(
+        default=DEFAULT_IMAGE_WAIT_S,
+        gt=0,
+        description="How long a synchronous /v1/images request waits for its job, seconds; past it the answer "
+        "is 202 with the job's id. Below the openai package's 600 s default client timeout.",
     )
     fault_file: Path | None = Field(
         default=None,
@@ -173,4 +180,5 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         # One secret for the service: download URLs are signed with a key derived from it.
         url_signing_key=derive_key(secret, "file-urls"),
         file_url_ttl_s=args.file_url_ttl_s,
+        image_wait_s=args.image_wait_s,
     )

@@ -44,6 +44,7 @@ STATUS_CODES: dict[type[e.ServiceError], int] = {
     e.UnsupportedMediaType: 415,
     e.UploadTooLarge: 413,
     e.ValidationFailed: 422,
+    e.JobFailed: 422,
     e.QueueFull: 429,
     e.QuotaExceeded: 429,
     e.Unauthenticated: 401,

@@ -30,6 +30,9 @@ from serve_app.event_streams import StreamSlots
 from serve_app.generate import routes as generate_routes
 from serve_app.generate.routes import GenerateRoutes
 from serve_app.generate.serving import JobService
+from serve_app.images import routes as images_routes
+from serve_app.images.routes import ImagesRoutes
+from serve_app.images.serving import DEFAULT_IMAGE_WAIT_S, ImagesService
 from serve_app.studio import routes as studio_routes
 from serve_app.studio.routes import StudioRoutes
 from serve_app.variants import routes as variants_routes
@@ -43,7 +46,8 @@ logger = logging.getLogger("ray.serve")
 
 api = FastAPIOffline(
     title="wan-serve",
-    summary="Wan 2.2 video generation over HTTP: submit a prompt, poll progress, download an MP4.",
+    summary="Wan 2.2 video generation and Qwen-Image-Edit image editing over HTTP: submit a prompt, poll "
+    "progress, download the result.",
     version="0.1.0",
 )
 errors.install(api)
@@ -81,7 +85,14 @@ class HealthRoutes:
         return JSONResponse(body, status_code=200 if ready else 503)
 
 
-for _routes in (generate_routes.router, videos_routes.router, variants_routes.router, probes, studio_routes.router):
+for _routes in (
+    generate_routes.router,
+    videos_routes.router,
+    images_routes.router,
+    variants_routes.router,
+    probes,
+    studio_routes.router,
+):
     api.include_router(_routes)
 studio_routes.mount(api)
 
@@ -109,7 +120,7 @@ def serve_listen_host() -> str:
 
 @serve.deployment(max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
-class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, StudioRoutes):
+class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, HealthRoutes, StudioRoutes):
     """Validates requests, forwards them to the router, serves result files and the web studio.
 
     Args:
@@ -124,6 +135,7 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
             max_event_streams_per_key of them for one API key.
         url_signing_key: the HMAC key of signed download URLs (auth/signed_urls.py); file_url_ttl_s
             how long one stays valid.
+        image_wait_s: how long a synchronous /v1/images request waits for its job, seconds.
 
     Raises:
         AuthRequired: Serve listens beyond loopback and no API key exists.
@@ -143,6 +155,7 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
         max_event_streams_per_key: int = 20,
         url_signing_key: bytes = b"",
         file_url_ttl_s: float = DEFAULT_FILE_URL_TTL_S,
+        image_wait_s: float = DEFAULT_IMAGE_WAIT_S,
     ) -> None:
         self.router = router
         host = serve_listen_host()
@@ -167,5 +180,6 @@ class Ingress(GenerateRoutes, VideosRoutes, VariantsRoutes, HealthRoutes, Studio
             signer=UrlSigner(url_signing_key, file_url_ttl_s) if url_signing_key else None,
         )
         self.videos = VideosService(self.jobs, retention_days)
+        self.images = ImagesService(self.jobs, router, layout.outputs, image_wait_s)
         self.catalog = VariantsService(self.jobs, deployed_at=time.time())
         self.streams = StreamSlots(max_event_streams, max_event_streams_per_key)

@@ -47,6 +47,11 @@ class VideosService:
                 field=extra[0],
             )
         variant = self.jobs.variant_for(fields.pop("model", None) or None)
+        if variant.output_kind == "image":
+            raise ValidationFailed(
+                f"model {variant.name} makes images; /v1/videos is for video variants: use POST /v1/images/edits",
+                field="model",
+            )
         seconds = fields.pop("seconds", None)
         body = {**fields, "variant": variant.name}
         if seconds is not None:
