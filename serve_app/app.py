@@ -36,7 +36,7 @@ class AppArgs(QueuePolicy, RetentionPolicy):
     model_config = ConfigDict(extra="forbid")
 
     variants: list[str] = Field(
-        default=["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny"],
+        default=["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny", "qwen-image-edit-tiny"],
         min_length=1,
         description="Variants to deploy, by configs/<name>.yaml; each gets its own generator deployment.",
     )

@@ -66,8 +66,8 @@ def app_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def app_url(ray_serve, app_dir) -> str:
-    """The app as `make serve` runs it (all four tiny twins, ti2v-5b-tiny the default), with a roomy queue."""
-    # Warm-up stays on for the default variant (the path `make serve` takes); the other three skip
+    """The app as `make serve` runs it (all five tiny twins, ti2v-5b-tiny the default), with a roomy queue."""
+    # Warm-up stays on for the default variant (the path `make serve` takes); the others skip
     # it to keep the suite inside its time budget.
     quiet = {name: {"warmup": False} for name in TINY_VARIANTS if name != TINY}
     return deploy(ray_serve, "main", app_dir, max_queued_jobs=8, overrides=quiet)

@@ -49,11 +49,15 @@ class Interrupt(str, Enum):
 
 
 class ResultFormat(str, Enum):
-    """Result file formats (the server's output_format values; webm and png_zip for vace)."""
+    """Result file formats (the server's output_format values; webm and png_zip for vace; png, webp
+    and jpeg for image variants)."""
 
     mp4 = "mp4"
     webm = "webm"
     png_zip = "png_zip"
+    png = "png"
+    webp = "webp"
+    jpeg = "jpeg"
 
 
 OnInterrupt = Annotated[
@@ -171,7 +175,14 @@ def _lora(text: str) -> dict[str, Any]:
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
     variant: Annotated[str | None, typer.Option(help="Model variant (wan-serve server status lists them).")] = None,
-    image: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="First frame.")] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="First frame; for an image-edit variant the image(s) to edit, repeatable (one to three).",
+        ),
+    ] = None,
     last_image: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Last frame (i2v).")] = None,
     video: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Source video (vace).")] = None,
     mask: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Mask, white = regenerate.")] = None,
@@ -184,6 +195,7 @@ def generate(
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
     guidance_2: Annotated[float | None, typer.Option(help="Low-noise expert's guidance scale (A14B).")] = None,
+    true_cfg: Annotated[float | None, typer.Option(help="True CFG scale (image-edit variants).")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="What the video should avoid.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (reported back when unset).")] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA adapter NAME[:SCALE], repeatable.")] = None,
@@ -195,7 +207,7 @@ def generate(
     server: Server = DEFAULT_SERVER,
     api_key: ApiKey = None,
 ) -> None:
-    """Submit a job, show its progress, and save the result.
+    """Submit a job (a video, or an edited image), show its progress, and save the result.
 
     Exit status: 0 success, 1 job error, 3 canceled, 4 refused by the service, 5 no answer,
     130 Ctrl-C with the job left running.
@@ -209,14 +221,16 @@ def generate(
         "num_inference_steps": steps,
         "guidance_scale": guidance,
         "guidance_scale_2": guidance_2,
+        "true_cfg_scale": true_cfg,
         "negative_prompt": negative_prompt,
         "seed": seed,
         "loras": [_lora(item) for item in lora] if lora else None,
         "output_format": output_format.value if output_format != ResultFormat.mp4 else None,
     }
-    files = [
+    files = [("image", path) for path in image or []]
+    files += [
         (name, path)
-        for name, path in (("image", image), ("last_image", last_image), ("video", video), ("mask", mask))
+        for name, path in (("last_image", last_image), ("video", video), ("mask", mask))
         if path is not None
     ]
     files += [("reference_images", path) for path in reference_image or []]

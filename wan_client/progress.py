@@ -15,6 +15,7 @@ PHASES = {
     "denoising": "denoising",
     "decoding": "decoding frames",
     "encoding_video": "writing the video",
+    "encoding_image": "writing the image",
 }
 
 

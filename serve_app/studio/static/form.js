@@ -43,8 +43,15 @@ export class JobForm {
     const size = this.$("#size");
     size.replaceChildren();
     const takesFiles = v.uploads.required.length + v.uploads.optional.length > 0;
-    if (takesFiles) size.append(new Option("Auto (from the upload)", ""));
-    for (const s of v.sizes) size.append(new Option(s.replace("x", " × "), s));
+    const image = v.output === "image";
+    if (takesFiles) size.append(new Option(image ? "Auto (the first image's shape)" : "Auto (from the upload)", ""));
+    // An image variant takes any size on its grid; offer the square and the two 3:4 shapes at about a megapixel.
+    const sizes = image ? ["1024x1024", "1152x864", "864x1152"] : v.sizes;
+    for (const s of sizes) size.append(new Option(s.replace("x", " × "), s));
+    this.needs("frames", !image);
+    this.$("#guidance-label").textContent = image ? "True CFG scale" : "Guidance scale";
+    this.$("#num_inference_steps").min = v.min_inference_steps;
+    this.$("#image").multiple = v.uploads.repeatable.includes("image");
     const d = v.defaults;
     this.$("#num_inference_steps").value = d.num_inference_steps;
     this.$("#num_inference_steps").max = v.max_inference_steps;
@@ -149,9 +156,10 @@ export class JobForm {
     put("prompt", this.$("#prompt").value.trim());
     put("negative_prompt", this.$("#negative_prompt").value.trim());
     put("size", this.$("#size").value);
-    put(this.$("#length-unit").value === "seconds" ? "seconds" : "num_frames", this.$("#length").value);
+    const image = v.output === "image";
+    if (!image) put(this.$("#length-unit").value === "seconds" ? "seconds" : "num_frames", this.$("#length").value);
     put("num_inference_steps", this.$("#num_inference_steps").value);
-    put("guidance_scale", this.$("#guidance_scale").value);
+    put(image ? "true_cfg_scale" : "guidance_scale", this.$("#guidance_scale").value);
     if (v.experts > 1) put("guidance_scale_2", this.$("#guidance_scale_2").value);
     put("seed", this.$("#seed").value);
     if (v.output_formats.length > 1) put("output_format", this.$("#output_format").value);

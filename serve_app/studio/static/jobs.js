@@ -1,15 +1,18 @@
 // One card per job: live progress from the job's Server-Sent Events (queue position, phase,
-// denoising step, ETA), then the video with download, remix, cancel and delete.
+// denoising step, ETA), then the video (or image) with download, remix, cancel and delete.
 
 import { api, ApiError, formatSeconds } from "./api.js";
 
 const TERMINAL = new Set(["success", "error", "canceled"]);
+// The image variants' output formats (GET /variants lists each variant's).
+const IMAGE_FORMATS = new Set(["png", "webp", "jpeg"]);
 const PHASES = {
   loading: "loading the model",
   encoding_prompt: "encoding the prompt",
   denoising: "denoising",
   decoding: "decoding frames",
   encoding_video: "writing the video",
+  encoding_image: "writing the image",
 };
 
 export class JobCard {
@@ -104,6 +107,12 @@ export class JobCard {
         video.poster = api.thumbnailUrl(s);
         video.preload = "metadata";
         video.src = url;
+        this.q(".job-result").hidden = false;
+      } else if (IMAGE_FORMATS.has(s.output_format)) {
+        video.hidden = true;
+        const img = this.q(".job-image");
+        img.src = url;
+        img.hidden = false;
         this.q(".job-result").hidden = false;
       }
       const link = this.q(".job-download");
