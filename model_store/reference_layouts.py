@@ -11,6 +11,12 @@ Sources of the numbers:
   diffusers config (base_dim 160, decoder_base_dim 256, z_dim 48, patch_size 2, is_residual).
 - I2V-A14B: in_channels 36 (16 noise + 4 mask + 16 image latents). VACE-14B: Wan2.1-VACE-14B,
   vace_layers every 5th of 40, vace_in_channels 96.
+- Qwen-Image-Edit-2509 (its transformer/config.json, the same as Qwen-Image's): QwenImageTransformer2DModel
+  with 60 layers, 24 heads of 128, joint_attention_dim 3584, in_channels 64, out_channels 16, patch 2,
+  axes_dims_rope (16, 56, 56), about 20B parameters (the model card's "20B MMDiT"). Its text encoder is
+  Qwen2.5-VL-7B-Instruct (config.json: hidden 3584, intermediate 18944, 28 layers, 28 heads, 4 KV
+  heads, vocabulary 152064; vision tower depth 32, hidden 1280, intermediate 3420, 16 heads, out 3584).
+  Its VAE: AutoencoderKLQwenImage (base_dim 96, z_dim 16, dim_mult [1, 2, 4, 4], 2 res blocks).
 """
 
 from __future__ import annotations
@@ -66,6 +72,43 @@ _UMT5_XXL = dict(
     use_cache=False,
 )
 
+_QWEN_IMAGE = dict(
+    patch_size=2,
+    in_channels=64,
+    out_channels=16,
+    num_layers=60,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=3584,
+    axes_dims_rope=(16, 56, 56),
+)
+_QWEN_IMAGE_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2)
+_QWEN25_VL_7B = dict(
+    text_config=dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+        tie_word_embeddings=False,
+    ),
+    vision_config=dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+    ),
+    tie_word_embeddings=False,
+)
+
 #: Real variant -> (transformer class, its config, second expert?, VAE config).
 REFERENCE = {
     "t2v-a14b": ("WanTransformer3DModel", _WAN14B, True, _WAN21_VAE),
@@ -77,7 +120,19 @@ REFERENCE = {
         False,
         _WAN21_VAE,
     ),
+    "qwen-image-edit": ("QwenImageTransformer2DModel", _QWEN_IMAGE, False, _QWEN_IMAGE_VAE),
 }
+
+
+def _text_encoder(variant: str) -> torch.nn.Module:
+    """The real variant's text encoder, on whatever device is current (meta, in reference_layout)."""
+    if variant.startswith("qwen-image"):
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**_QWEN25_VL_7B))
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(**_UMT5_XXL))
 
 
 def _tensors(module: torch.nn.Module, dtype: str) -> list[TensorInfo]:
@@ -86,19 +141,20 @@ def _tensors(module: torch.nn.Module, dtype: str) -> list[TensorInfo]:
 
 
 def reference_layout(variant: str) -> WeightsLayout:
-    """The WeightsLayout of real variant ``variant`` (a key of REFERENCE), in bf16 (fp32 VAE).
+    """The WeightsLayout of real variant ``variant`` (a key of REFERENCE), in bf16 (fp32 VAE for Wan;
+    Qwen-Image-Edit's runs in bf16 as its model card loads it, but its safetensors are priced as stored).
 
     Raises:
         KeyError: not a real variant with a reference layout.
     """
     import diffusers
-    from transformers import UMT5Config, UMT5EncoderModel
 
     cls, config, two, vae = REFERENCE[variant]
+    vae_cls = diffusers.AutoencoderKLQwenImage if cls == "QwenImageTransformer2DModel" else diffusers.AutoencoderKLWan
     with torch.device("meta"):
         transformer = getattr(diffusers, cls)(**config)
-        text = UMT5EncoderModel(UMT5Config(**_UMT5_XXL))
-        autoencoder = diffusers.AutoencoderKLWan(**vae)
+        text = _text_encoder(variant)
+        autoencoder = vae_cls(**vae)
     tensors = {
         "transformer": _tensors(transformer, "BF16"),
         "text_encoder": _tensors(text, "BF16"),

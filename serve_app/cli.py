@@ -196,7 +196,7 @@ def plan_model(
     else:
         typer.echo(f"error: {v.name} has no weights in the store to read", err=True)
         raise typer.Exit(1)
-    s = Size.parse(size) if size else next(iter(v.native_sizes.values()))
+    s = Size.parse(size) if size else v.default_size
     frames = num_frames or v.defaults.num_frames
     modes = [
         {},
@@ -208,12 +208,19 @@ def plan_model(
         {"offload": "model"},
         {"offload": "group"},
         {"offload": "sequential"},
+        {"quantization": "fp8_storage", "offload": "model"},
+        {"quantization": "fp8_storage", "offload": "group"},
     ]
     table = Table(
         "mode", "weights", "on device", "activations", "peak", f"fits {budget_gib:g} GiB", box=None, pad_edge=False
     )
     for change in modes:
-        p = plan_fit(v, layout, int(budget_gib * GIB), "plan", MemoryConfig(**{**v.memory.model_dump(), **change}))
+        memory = MemoryConfig(**{**v.memory.model_dump(), **change})
+        try:  # a mode the variant itself refuses (an image_edit variant keeps its text encoder on the device)
+            type(v).model_validate({**v.model_dump(), "memory": memory.model_dump()})
+        except ValueError:
+            continue
+        p = plan_fit(v, layout, int(budget_gib * GIB), "plan", memory)
         table.add_row(
             p.mode,
             gib(sum(p.weights_bytes.values())),
@@ -222,7 +229,8 @@ def plan_model(
             gib(p.peak_bytes(s.width, s.height, frames)),
             "yes" if p.fits(s.width, s.height, frames) else "no",
         )
-    typer.echo(f"{v.name}, {frames} frames at {s}, from {source}; peak = on device + activations + margin")
+    what = "an image" if v.output_kind == "image" else f"{frames} frames"
+    typer.echo(f"{v.name}, {what} at {s}, from {source}; peak = on device + activations + margin")
     Console(width=200).print(table)
 
 

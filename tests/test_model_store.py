@@ -294,3 +294,29 @@ def test_adapters_are_verified_and_matched_to_their_variant(tiny_weights, tmp_pa
         LoadedAdapterSet(registry, [adapter_for("ti2v-style", variant, settings)])
     assert registry.loaded == []
     assert json.loads((folder / "wan-serve-manifest.json").read_text())["source"] == "adapter"
+
+
+def test_qwen_image_edit_is_priced_from_its_published_configs():
+    from model_store.memory_config import MemoryConfig
+    from model_store.reference_layouts import reference_layout
+
+    variant = load_variant("qwen-image-edit")
+    layout = reference_layout("qwen-image-edit")
+    plan = plan_fit(variant, layout, 24 * GIB, "RTX 4090")
+    # The 20B MMDiT is about 40.9 GB in bf16 and Qwen2.5-VL-7B (8.3B parameters) about 16.6 GB (model cards).
+    assert 40.5e9 < plan.weights_bytes["transformer"] < 41.3e9
+    assert 16.2e9 < plan.weights_bytes["text_encoder"] < 17.0e9
+    # Output tokens at 1024x1024 (64 x 64 latents in 2x2 patches) plus three edit images' at about 1024x1024.
+    assert plan.tokens(1024, 1024, 1) == 64 * 64 + 3 * 64 * 64
+    # The seed's 24 GB GPU: not in bf16, not fp8_storage alone; nf4, or fp8_storage with group offload.
+    assert not plan.fits(1024, 1024, 1)
+    for mode, fits in (({"quantization": "fp8_storage"}, False), ({"quantization": "nf4"}, True),
+                       ({"quantization": "fp8_storage", "offload": "group"}, True)):
+        assert plan_fit(variant, layout, 24 * GIB, "x", MemoryConfig(**mode)).fits(1024, 1024, 1) is fits, mode
+
+
+def test_an_image_edit_variant_keeps_its_text_encoder_on_the_device():
+    with pytest.raises(ValueError) as refused:
+        load_variant("qwen-image-edit", overrides={"memory": {"text_encoder_device": "cpu"}})
+    assert ("QwenImageEditPlusPipeline encodes the prompt with the input images inside its call: use offload "
+            "model or group") in str(refused.value)
