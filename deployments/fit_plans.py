@@ -13,7 +13,7 @@ from pathlib import Path
 
 from jobs.config import make_private_dir
 from jobs.errors import RequestTooLarge
-from jobs.model import JobSpec
+from jobs.model import OUTPUT_FORMATS, JobSpec
 from model_store.fit_check import FitPlan, gib
 
 
@@ -69,17 +69,19 @@ def check_request_fits(plan: FitPlan, spec: JobSpec) -> None:
     p = spec.params
     if plan.fits(p.width, p.height, p.num_frames):
         return
-    most = plan.max_frames(p.width, p.height, plan.vae_temporal)
+    image = OUTPUT_FORMATS[spec.output_format].kind == "image"
+    most = 0 if image else plan.max_frames(p.width, p.height, plan.vae_temporal)
     advice = (
         f"at this size at most {most} frames fit"
         if most
-        else "not even one frame fits at this size; ask for a smaller size"
+        else f"not even one {'image' if image else 'frame'} fits at this size; ask for a smaller size"
     )
     need = gib(plan.peak_bytes(p.width, p.height, p.num_frames))
+    what = "an image" if image else f"{p.num_frames} frames"
     raise RequestTooLarge(
-        f"{spec.variant}: {p.num_frames} frames at {p.width}x{p.height} need {need} "
+        f"{spec.variant}: {what} at {p.width}x{p.height} {'needs' if image else 'need'} {need} "
         f"of device memory and its replica ({plan.device}; {plan.mode}) has {gib(plan.budget_bytes)}: {advice}, "
         "or the operator can choose a lighter memory mode",
-        field="num_frames",
+        field="size" if image else "num_frames",
         max_num_frames=most,
     )

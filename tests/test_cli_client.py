@@ -162,13 +162,16 @@ def test_variants_and_openai_models_list(app_url, client):
     assert [m.id for m in models] == TINY_VARIANTS
     assert all(m.object == "model" and m.owned_by == "wan-serve" and m.created > 0 for m in models)
     assert {m.id: m.task for m in models} == {"ti2v-5b-tiny": "ti2v", "t2v-a14b-tiny": "t2v",
-                                               "i2v-a14b-tiny": "i2v", "vace-14b-tiny": "vace"}
+                                               "i2v-a14b-tiny": "i2v", "vace-14b-tiny": "vace",
+                                               "qwen-image-edit-tiny": "image_edit"}
 
     catalog = client.get("/variants").json()
     by_name = {v["name"]: v for v in catalog["variants"]}
-    assert by_name["vace-14b-tiny"]["uploads"] == {"required": ["video", "mask"], "optional": ["reference_images"]}
+    assert by_name["vace-14b-tiny"]["uploads"] == {"required": ["video", "mask"], "optional": ["reference_images"],
+                                                     "repeatable": ["reference_images"]}
     assert by_name["vace-14b-tiny"]["output_formats"] == ["mp4", "webm", "png_zip"]
-    assert by_name["i2v-a14b-tiny"]["uploads"] == {"required": ["image"], "optional": ["last_image"]}
+    assert by_name["i2v-a14b-tiny"]["uploads"] == {"required": ["image"], "optional": ["last_image"],
+                                                     "repeatable": []}
     assert by_name["ti2v-5b-tiny"]["sizes"] == ["1280x720", "720x1280"] and by_name["ti2v-5b-tiny"]["fps"] == 24
     assert by_name["t2v-a14b-tiny"]["experts"] == 2 and by_name["ti2v-5b-tiny"]["experts"] == 1
     ti2v = by_name["ti2v-5b-tiny"]

@@ -320,3 +320,23 @@ def test_an_image_edit_variant_keeps_its_text_encoder_on_the_device():
         load_variant("qwen-image-edit", overrides={"memory": {"text_encoder_device": "cpu"}})
     assert ("QwenImageEditPlusPipeline encodes the prompt with the input images inside its call: use offload "
             "model or group") in str(refused.value)
+
+
+def test_an_image_too_large_for_the_replica_is_refused_by_its_size():
+    from model_store.memory_config import MemoryConfig
+    from model_store.reference_layouts import reference_layout
+
+    variant = load_variant("qwen-image-edit")
+    plan = plan_fit(variant, reference_layout("qwen-image-edit"), 24 * GIB, "RTX 4090",
+                    MemoryConfig(quantization="nf4"))
+    params = GenerationParams(prompt="x", width=1024, height=1024, num_frames=1, num_inference_steps=40,
+                              guidance_scale=4, seed=0)
+    spec = JobSpec(id="b" * 32, variant=variant.name, params=params, output_size=Size(width=1024, height=1024),
+                   output_format="png")
+    check_request_fits(plan, spec)  # returns None: a megapixel edit fits 24 GiB in nf4
+    big = spec.model_copy(update={"params": params.model_copy(update={"width": 2048, "height": 2048})})
+    with pytest.raises(RequestTooLarge) as refused:
+        check_request_fits(plan, big)
+    assert refused.value.details["field"] == "size"
+    assert str(refused.value).startswith("qwen-image-edit: an image at 2048x2048 needs ~")
+    assert "not even one image fits at this size; ask for a smaller size" in str(refused.value)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.browser import chromium, only_loopback
 from tests.conftest import wait_terminal
-from tests.media_samples import CHELSEA, COCKATOO
+from tests.media_samples import ASTRONAUT, CHELSEA, COCKATOO
 
 JOB_TIMEOUT_MS = 180_000
 # The studio's Content-Security-Policy forbids eval: the waits below pass functions, never
@@ -119,6 +119,31 @@ def test_image_to_video_with_a_photo(page, client):
     status = client.get(f"/status/{job_id}").json()
     assert status["status"] == "success" and status["inputs"]["image"] == {"width": 451, "height": 300, "format": "PNG"}
     assert status["size"] == "832x480"  # the variant's first landscape size, from the photo's orientation
+
+
+def test_edit_an_image_with_two_inputs_and_see_it(page, client):
+    pg = page
+    pg.select_option("#variant", "qwen-image-edit-tiny")
+    assert pg.is_visible("#image") and pg.is_hidden("#length") and pg.is_hidden("#video")
+    assert pg.inner_text("#guidance-label") == "True CFG scale"
+    assert pg.eval_on_selector("#image", "i => i.multiple") is True
+    pg.fill("#prompt", "the cat wears the astronaut's helmet")
+    pg.fill("#num_inference_steps", "2")
+    pg.select_option("#size", "1152x864")
+    pg.set_input_files("#image", [str(CHELSEA), str(ASTRONAUT)])
+    before = _cards(pg)
+    pg.click("#submit")
+    job_id = _submitted_id(pg, before)
+    card = _card(pg, job_id)
+    card.locator("img.job-image").wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
+    pg.wait_for_function(f"""() => document.querySelector('article[data-job-id="{job_id}"] img.job-image')
+                               .naturalWidth === 1152""")
+    assert card.locator("video.job-video").is_hidden()
+    assert card.locator("a.job-download").get_attribute("download").endswith(".png")
+    status = client.get(f"/status/{job_id}").json()
+    assert status["size"] == "1152x864" and len(status["inputs"]["images"]) == 2
+    assert status["total_steps"] == 2 and status["output_format"] == "png"
+    _shot(pg, "image-edit")
 
 
 def _multipart_files(request) -> dict[str, bytes]:
