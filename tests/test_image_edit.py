@@ -123,3 +123,21 @@ def test_default_output_size_follows_the_first_image_at_a_megapixel():
     assert str(variant.image_size_for(451, 300)) == "1248x832"
     assert str(variant.image_size_for(512, 512)) == "1024x1024"
     assert str(variant.image_size_for(720, 1280)) == "768x1376"
+
+
+def test_a_lora_changes_the_edit_and_its_removal_restores_it(runner, tmp_path):
+    from deployments.lora_adapters import LoadedAdapterSet
+    from jobs.model import LoraRef
+    from model_store.adapters import adapter_for, build_random_lora
+    from model_store.settings import StoreSettings
+
+    params = GenerationParams(**{**PARAMS, "width": 256, "height": 256, "num_inference_steps": 2})
+    inputs = PreparedInputs(images=[load_rgb(CHELSEA)])
+    base = runner.run(params, inputs=inputs)
+    build_random_lora(runner.pipe, tmp_path / "loras" / "ink", NAME)
+    info = adapter_for("ink", runner.variant, StoreSettings(model_dir=tmp_path))
+    held = LoadedAdapterSet(runner.adapters, [info])
+    inked = runner.run(params.model_copy(update={"loras": [LoraRef(name="ink")]}), inputs=inputs)
+    assert np.abs(inked.astype(int) - base).mean() > 0.05
+    held.__del__()  # what Ray Serve's LRU does on eviction
+    assert runner.adapters.loaded == [] and np.array_equal(runner.run(params, inputs=inputs), base)
