@@ -71,7 +71,7 @@ test-gpu: tiny
 	$(PY) -m pytest tests/gpu -rs
 
 bench: tiny
-	$(PY) bench/job_latency.py --variant ti2v-5b-tiny t2v-a14b-tiny i2v-a14b-tiny vace-14b-tiny --size 1280x720 --jobs 2
+	$(PY) bench/job_latency.py --variant ti2v-5b-tiny t2v-a14b-tiny i2v-a14b-tiny vace-14b-tiny qwen-image-edit-tiny --size 1280x720 --jobs 2
 
 # Recovery times after a router kill, a generator crash and a CUDA-style error.
 bench-recovery: tiny

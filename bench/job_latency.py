@@ -3,8 +3,8 @@
 Usage: python bench/job_latency.py [--variant ti2v-5b-tiny ...] [--size 1280x720] [--jobs 3]
                                   [--out bench/results/job_latency.json]
 
-Each variant gets its task's inputs from tests/data: i2v and ti2v the 451x300 chelsea.png,
-vace the 1280x720 cockatoo.mp4 with a box mask; t2v none. Writes JSON: per variant and job,
+Each variant gets its task's inputs from tests/data: i2v, ti2v and image_edit the 451x300
+chelsea.png, vace the 1280x720 cockatoo.mp4 with a box mask; t2v none. Writes JSON: per variant and job,
 submit-to-success wall time (seconds, polled every 50 ms), the generator's pipeline_seconds
 (encode_prompt + denoising + VAE decode) and encode_seconds (result file), and the deploy time.
 """
@@ -45,7 +45,7 @@ def _box_mask_png() -> bytes:
 
 
 def _uploads(task: str) -> list:
-    if task in ("i2v", "ti2v"):
+    if task in ("i2v", "ti2v", "image_edit"):
         return [("image", ("chelsea.png", (DATA / "chelsea.png").read_bytes(), "image/png"))]
     if task == "vace":
         return [

@@ -48,7 +48,7 @@ def test_packages_import_only_downwards(package):
 
 def test_http_schemas_import_no_store_or_deployment():
     schemas = sorted((ROOT / "serve_app").rglob("protocol.py"))
-    assert [p.parent.name for p in schemas] == ["generate", "variants", "videos"]
+    assert [p.parent.name for p in schemas] == ["generate", "images", "variants", "videos"]
     for path in schemas:
         bad = [n for n in _imports(path) if n.endswith(".store") or n.split(".")[0] == "deployments"]
         assert not bad, (path.name, bad)

@@ -227,10 +227,11 @@ def test_form_fields_and_json_refusals(client):
     assert r.status_code == 422 and "num_frames" in r.json()["error"]["message"]
 
 
-def test_all_four_variants_are_ready(client):
+def test_all_five_variants_are_ready(client):
     body = client.get("/ready").json()
     assert body["status"] == "ready", body
-    assert set(body["variants"]) == {"ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny"}
+    assert set(body["variants"]) == {"ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny",
+                                     "qwen-image-edit-tiny"}
 
 
 def test_hostile_videos_are_refused_in_seconds_and_health_stays_fast(app_url, client):
