@@ -19,6 +19,8 @@ from jobs.errors import JobCanceled, ValidationFailed
 from jobs.inputs import PreparedInputs
 from jobs.model import GenerationParams, Phase
 from model_store.loader import image_pipeline
+from model_store.speed_config import SpeedProfile
+from model_store.speed_modes import speed_profile
 from model_store.variants import Size, VariantConfig
 
 ProgressCallback = Callable[[Phase, int, int, "float | None"], None]
@@ -168,7 +170,7 @@ class GenerationRunner:
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         # Exactly this job's adapters (loaded by the generator before the job); none turns LoRA off.
         self.adapters.activate({lora.name: lora.scale for lora in params.loras})
-        with torch.inference_mode():
+        with torch.inference_mode(), speed_profile(pipe, self.profile(params)):
             output = pipe(
                 height=params.height,
                 width=params.width,
@@ -181,6 +183,23 @@ class GenerationRunner:
             )
         # Video pipelines give frames (1, T, H, W, C); image pipelines images (1, H, W, C), one frame.
         return frames_to_uint8(output.images if self.variant.output_kind == "image" else output.frames[0])
+
+    def profile(self, params: GenerationParams) -> SpeedProfile:
+        """The speed profile ``params`` names (the variant's default when it names none).
+
+        Raises:
+            ValidationFailed: the profile is no longer in the variant's config (it changed after the
+                job was accepted).
+        """
+        speed = self.variant.speed
+        name = params.speed or speed.default
+        if name not in speed.profiles:
+            raise ValidationFailed(
+                f"speed profile {name!r} is no longer configured for {self.variant.name}; it has "
+                f"{', '.join(speed.profiles)}: resubmit with one of them",
+                field="speed",
+            )
+        return speed.profiles[name]
 
     def warmup(self) -> float:
         """One short generation (min_inference_steps steps, one frame) at the smallest size, so the

@@ -107,6 +107,11 @@ class GenerationParams(BaseModel):
     guidance_scale_2: float | None = Field(default=None, description="Low-noise expert's guidance scale (A14B only).")
     seed: int = Field(description="Seed of the CPU torch.Generator that draws the initial latents.")
     loras: list[LoraRef] = Field(default=[], description="LoRA adapters applied to this job, with their scales.")
+    speed: str | None = Field(
+        default=None,
+        description="Speed profile of the variant's config this job runs (model_store/speed_config.py); None "
+        "in jobs stored before profiles existed, which run the variant's default.",
+    )
 
 
 #: Webhook event types (Standard Webhooks ``type``; the names follow OpenAI's ``video.completed``

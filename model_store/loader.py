@@ -17,6 +17,7 @@ from model_store.hub import local_folder, pull
 from model_store.memory_modes import DeviceInfo, apply_fp8_storage, check_mode, place, probe_device, quantization_config
 from model_store.qwen_processor import load_processor
 from model_store.settings import StoreSettings
+from model_store.speed_modes import check_caches, check_speed
 from model_store.variants import VariantConfig
 from model_store.weights_manifest import check_before_load, read_manifest
 
@@ -92,7 +93,7 @@ def check_fit(variant: VariantConfig, folder: Path, device_info: DeviceInfo) -> 
 def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None = None) -> LoadedVariant:
     """Load ``variant``'s pipeline with ``from_pretrained`` in its memory mode and place it.
 
-    Steps: 1. refuse a memory mode the device cannot run; pull missing weights into the model
+    Steps: 1. refuse a memory mode or speed profile the device cannot run; pull missing weights into the model
     store; check the files against their manifest; refuse a variant whose default request would
     not fit (the fit check); 2. load, quantizing per the mode
     (torchao or bitsandbytes); 3. check the weights are this variant's (boundary_ratio);
@@ -103,6 +104,8 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
 
     Raises:
         ModeRefused: the memory mode cannot run on this replica's device.
+        SpeedRefused: a speed profile cannot run on it (an attention backend's package or GPU is missing,
+            or a cache that would hook nothing in this pipeline).
         WontFit: the fit check's estimate is over the device's free memory (or memory.budget_gib).
         WeightsCorrupt: a file listed in the weights' manifest is missing, resized or altered; checked
             before any weights are read into memory.
@@ -117,6 +120,7 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     memory = variant.memory
     device_info = probe_device(device)
     check_mode(memory, device_info, variant.name)
+    check_speed(variant.speed.profiles, device_info, variant.name)
     folder = local_folder(variant, settings)
     if (
         folder is not None
@@ -174,6 +178,7 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
         pipe.register_modules(text_encoder=None)
     place(pipe, memory, device)
     pipe.set_progress_bar_config(disable=True)
+    check_caches(pipe, variant.speed.profiles, variant.name)
     return LoadedVariant(pipe=pipe, prompt_pipe=prompt_pipe, device=device, fit=fit)
 
 

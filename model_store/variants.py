@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_store.memory_config import MemoryConfig
 from model_store.settings import StoreSettings
+from model_store.speed_config import SpeedConfig
 
 #: The output sizes the HTTP API accepts, as "WIDTHxHEIGHT" (pixels): 720P and 480P in both
 #: orientations, the sizes the Wan2.2 README lists for the A14B models (TI2V-5B serves 720P only).
@@ -299,6 +300,11 @@ class VariantConfig(BaseModel):
     )
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Per-phase time limits of a job, seconds.")
+    speed: SpeedConfig = Field(
+        default_factory=SpeedConfig,
+        description="Named speed profiles (step cache, attention backend) and the default one "
+        "(model_store/speed_config.py).",
+    )
     memory: MemoryConfig = Field(
         default_factory=MemoryConfig,
         description="Quantization, offload, text encoder "

@@ -94,6 +94,12 @@ class GenerateRequest(BaseModel):
     guidance_scale_2: float | None = Field(
         default=None, ge=0, le=50, description="A14B only: the low-noise expert's guidance scale."
     )
+    speed: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Speed profile of the variant (GET /variants lists them: a step cache and an attention "
+        "backend each, trading fidelity for time); default: the variant's own default.",
+    )
     true_cfg_scale: float | None = Field(
         default=None,
         ge=0,
@@ -173,6 +179,7 @@ class JobStatusResponse(BaseModel):
         "a replica failure or a router restart).",
     )
     seed: int = Field(description="Seed used; resubmit with it to reproduce the video.")
+    speed: str | None = Field(default=None, description="The speed profile the job runs.")
     filename: str | None
     file_url: str | None = Field(description="Where to download the result once status is success.")
     output_format: str = Field(default="mp4", description="mp4, webm or png_zip; png, webp or jpeg for an image.")

@@ -211,6 +211,12 @@ class JobService:
             )
             raise ValidationFailed(f"{why}: use {' or '.join(formats)}", field="output_format")
         self._check_guidance_fields(variant, req)
+        speed = req.speed or variant.speed.default
+        if speed not in variant.speed.profiles:
+            raise ValidationFailed(
+                f"{variant.name} has no speed profile {speed!r}; it has {', '.join(variant.speed.profiles)}",
+                field="speed",
+            )
         num_frames = req.num_frames
         if req.seconds is not None:
             if num_frames is not None:
@@ -251,6 +257,7 @@ class JobService:
             else None,
             seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
             loras=loras,
+            speed=speed,
         )
         extension = OUTPUT_FORMATS[output_format].extension
         spec = JobSpec(
@@ -413,6 +420,7 @@ class JobService:
             gpu_id=view.gpu_id,
             attempts=view.attempts,
             seed=view.params.seed,
+            speed=view.params.speed,
             filename=view.filename,
             file_url=self.signed(view.file_url),
             error=view.error.model_dump() if view.error else None,

@@ -77,6 +77,10 @@ class VariantInfo(BaseModel):
     defaults: GenerationDefaults = Field(description="What a request that leaves a field out gets.")
     uploads: UploadFields = Field(description="The files it takes.")
     output_formats: list[OutputFormat] = Field(description="Result formats it writes (output_format).")
+    speed_profiles: dict[str, str] = Field(
+        default={}, description="Speed profiles a request may name (``speed``), each with its description."
+    )
+    default_speed: str = Field(default="quality", description="The profile a request that names none runs.")
     loras: list[AdapterSummary] = Field(description="LoRA adapters in the model store for it.")
     readiness: VariantReadiness
     queued: int = Field(description="Jobs of this variant waiting in the queue now.")

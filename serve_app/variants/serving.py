@@ -82,6 +82,8 @@ class VariantsService:
                     defaults=v.defaults,
                     uploads=_uploads(v),
                     output_formats=output_formats(v),
+                    speed_profiles={name: p.description for name, p in v.speed.profiles.items()},
+                    default_speed=v.speed.default,
                     loras=[AdapterSummary(name=a.name, experts=a.experts) for a in adapters if a.base == v.name],
                     readiness=_readiness(statuses.get(v.name)),
                     queued=load.get(v.name, {}).get("queued", 0),
