@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # Ray Serve's proxy bounds request bodies as they stream in (serve_app/body_limit.py).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= serve_app.body_limit:proxy_middlewares
 
-.PHONY: install tiny browser serve lint format test soak test-gpu bench bench-recovery bench-memory clean
+.PHONY: install tiny browser serve lint format test soak test-gpu bench bench-recovery bench-memory bench-gpu clean
 
 # torch is pinned and installed first: this machine has a CPU wheel of torch 2.13.0 on disk,
 # and an unpinned torch would pull several GB of CUDA packages.
@@ -80,6 +80,11 @@ bench-recovery: tiny
 # Weight bytes and peak memory per memory mode beside the fit check's estimates.
 bench-memory: $(STAMP)
 	$(PY) bench/memory.py --doc docs/performance.md
+
+# The real models' parts at full size on a GPU, from random weights built there (no download):
+# text encoder, seconds per step of each speed profile, VAE decode, MP4, peak memory, MFU.
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu.py --doc docs/performance.md
 
 clean:
 	rm -rf .run var models

@@ -58,7 +58,7 @@ _WAN22_VAE = dict(
     scale_factor_temporal=4,
     temperal_downsample=[False, True, True],
 )
-_UMT5_XXL = dict(
+UMT5_XXL = dict(
     vocab_size=256384,
     d_model=4096,
     d_kv=64,
@@ -132,7 +132,7 @@ def _text_encoder(variant: str) -> torch.nn.Module:
         return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**_QWEN25_VL_7B))
     from transformers import UMT5Config, UMT5EncoderModel
 
-    return UMT5EncoderModel(UMT5Config(**_UMT5_XXL))
+    return UMT5EncoderModel(UMT5Config(**UMT5_XXL))
 
 
 def _tensors(module: torch.nn.Module, dtype: str) -> list[TensorInfo]:
