@@ -22,7 +22,11 @@ Per variant, at the official settings (the variant config's defaults: TI2V-5B 12
   step, counted by ``torch.utils.flop_counter`` on the meta device from the model dimensions,
   over the step time and the GPU's dense bf16 peak (``PEAK_BF16_TFLOPS``).
 
-Each ``--profile`` (from the variant config's ``speed`` block) is timed in turn. Step caches decide
+Each ``--profile`` (from the variant config's ``speed`` block) is timed in turn. A distilled
+profile runs one (conditional) pass per step, with a random LoRA of the published rank (64) on the
+transformer unfused, and its step count. With ``--compile`` the transformer's blocks are compiled
+(regional compile, as speed.compile does) and the first step's extra seconds are the compile
+time. Step caches decide
 what to skip from how much the activations change between steps, which depends on the weights:
 with random weights their step times show the hooks' overhead and skip mechanics, not the speed-up
 on trained weights. Attention backends are timed for what they are.
@@ -186,23 +190,47 @@ def time_text_encoder() -> dict:
     return {"seconds": round(seconds, 3), "peak_gib": round(peak / 2**30, 2)}
 
 
-def time_denoising(name: str, variant, shape, steps: int, profile_name: str, flops: int) -> dict:
+#: Rank and target modules of the Wan2.2-Lightning LoRAs ("lora-rank64" in their file names).
+LIGHTNING_LORA_RANK = 64
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+
+
+def time_denoising(
+    name: str, variant, shape, steps: int, profile_name: str, flops: int, compile_blocks: bool = False
+) -> dict:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     _fresh()
+    profile = variant.speed.profiles[profile_name]
     torch.set_default_dtype(torch.bfloat16)
     try:
         model = _transformer(name, "cuda")
+        if profile.distilled is not None:
+            from peft import LoraConfig
+
+            model.add_adapter(
+                LoraConfig(r=LIGHTNING_LORA_RANK, lora_alpha=LIGHTNING_LORA_RANK, target_modules=LORA_TARGETS),
+                adapter_name="distilled",
+            )
     finally:
         torch.set_default_dtype(torch.float32)
+    if compile_blocks:
+        model.compile_repeated_blocks(dynamic=True)
     latents, text, timestep = _inputs(shape, "cuda")
     negative = torch.randn_like(text)
+    cfg = profile.distilled is None
 
-    class Holder:  # what speed_profile reads: the pipeline's transformer(s)
+    class Holder:  # what speed_profile reads: the pipeline's transformer(s) and scheduler
         transformer = model
+        scheduler = FlowMatchEulerDiscreteScheduler()
 
     def step():
         nonlocal latents
         with model.cache_context("cond"):
             cond = model(hidden_states=latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+        if not cfg:
+            latents = latents - 0.02 * cond
+            return
         with model.cache_context("uncond"):
             uncond = model(hidden_states=latents, timestep=timestep, encoder_hidden_states=negative, return_dict=False)[
                 0
@@ -210,18 +238,21 @@ def time_denoising(name: str, variant, shape, steps: int, profile_name: str, flo
         # A small Euler-like move, so successive steps see similar inputs (what caches key on).
         latents = latents - 0.02 * (uncond + 5.0 * (cond - uncond))
 
-    with torch.no_grad(), speed_profile(Holder, variant.speed.profiles[profile_name]):
-        step()  # warm-up (kernel selection, the caches' first full step)
+    with torch.no_grad(), speed_profile(Holder, profile, steps + 1):
+        first = _cuda_seconds(step)  # warm-up (compiling, kernel selection, the caches' first full step)
         seconds = _cuda_seconds(step, repeat=steps)
     peak = torch.cuda.max_memory_allocated()
-    total = variant.defaults.num_inference_steps
+    total = profile.distilled.num_inference_steps if profile.distilled else variant.defaults.num_inference_steps
     tflops = peak_tflops(torch.cuda.get_device_name())
+    step_flops = flops if cfg else flops // 2
     return {
         "seconds_per_step": round(seconds, 3),
         "steps_measured": steps,
+        "steps_full": total,
         "denoising_seconds_extrapolated": round(seconds * total, 1),
+        "compile_seconds": round(first - seconds, 1) if compile_blocks else None,
         "peak_gib": round(peak / 2**30, 2),
-        "mfu": round(flops / seconds / (tflops * 1e12), 3) if tflops else None,
+        "mfu": round(step_flops / seconds / (tflops * 1e12), 3) if tflops else None,
     }
 
 
@@ -255,7 +286,7 @@ def time_encode(variant) -> dict:
         return {"seconds": round(time.perf_counter() - t0, 3)}
 
 
-def run(name: str, profiles: list[str] | None, steps: int) -> dict:
+def run(name: str, profiles: list[str] | None, steps: int, compile_blocks: bool = False) -> dict:
     """Every part of ``name`` on this machine's GPU (see the module docstring)."""
     variant = load_variant(name)
     report = plan(name)
@@ -264,11 +295,17 @@ def run(name: str, profiles: list[str] | None, steps: int) -> dict:
     report["gpu"] = torch.cuda.get_device_name()
     report["text_encoder"] = time_text_encoder()
     report["denoising"] = {
-        p: time_denoising(name, variant, shape, steps, p, flops) for p in (profiles or list(variant.speed.profiles))
+        p: time_denoising(name, variant, shape, steps, p, flops, compile_blocks)
+        for p in (profiles or list(variant.speed.profiles))
     }
     report["vae_decode"] = time_vae(name, variant, tuple(report["vae_latents"]))
     report["encode_mp4"] = time_encode(variant)
     return report
+
+
+def compiled(d: dict) -> str:
+    """The profile cell's note on regional compile ('' when eager)."""
+    return f", compiled ({d['compile_seconds']} s compiling)" if d.get("compile_seconds") is not None else ""
 
 
 def table(reports: list[dict]) -> str:
@@ -283,8 +320,9 @@ def table(reports: list[dict]) -> str:
         for profile, d in r["denoising"].items():
             peak = max(d["peak_gib"], r["vae_decode"]["peak_gib"], r["text_encoder"]["peak_gib"])
             rows.append(
-                f"| {r['variant']}, {r['gpu']} | {profile} | {r['text_encoder']['seconds']} | "
-                f"{d['seconds_per_step']} ({d['steps_measured']}) | {d['denoising_seconds_extrapolated']} | "
+                f"| {r['variant']}, {r['gpu']} | {profile}{compiled(d)} | {r['text_encoder']['seconds']} | "
+                f"{d['seconds_per_step']} ({d['steps_measured']}) | "
+                f"{d['denoising_seconds_extrapolated']} ({d.get('steps_full', '')} steps) | "
                 f"{r['vae_decode']['seconds']} | {r['encode_mp4']['seconds']} | {peak} | {d['mfu']} | "
                 f"{f'{official} s on {where}' if official else ''} |"
             )
@@ -296,6 +334,7 @@ def main() -> None:
     ap.add_argument("--variant", nargs="+", default=["ti2v-5b", "t2v-a14b"], choices=VARIANTS)
     ap.add_argument("--profile", nargs="+", default=None, help="Speed profiles to time (default: all).")
     ap.add_argument("--steps", type=int, default=3, help="Denoising steps timed after the warm-up step.")
+    ap.add_argument("--compile", action="store_true", help="Regional compile before timing (speed.compile).")
     ap.add_argument("--dry-run", action="store_true", help="Count FLOPs and print the plan; allocate nothing.")
     ap.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
     ap.add_argument("--doc", type=Path, default=None)
@@ -307,7 +346,7 @@ def main() -> None:
         return
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu.py needs a CUDA GPU (none is visible to torch); --dry-run works anywhere")
-    reports = [run(v, args.profile, args.steps) for v in args.variant]
+    reports = [run(v, args.profile, args.steps, args.compile) for v in args.variant]
     out = {"machine": {"torch": torch.__version__, "python": platform.python_version()}, "variants": reports}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))

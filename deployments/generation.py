@@ -18,9 +18,11 @@ from deployments.lora_adapters import AdapterRegistry
 from jobs.errors import JobCanceled, ValidationFailed
 from jobs.inputs import PreparedInputs
 from jobs.model import GenerationParams, Phase
+from model_store.adapters import AdapterNotFound, adapter_for
 from model_store.loader import image_pipeline
+from model_store.settings import StoreSettings
 from model_store.speed_config import SpeedProfile
-from model_store.speed_modes import speed_profile
+from model_store.speed_modes import SpeedRefused, compile_blocks, speed_profile
 from model_store.variants import Size, VariantConfig
 
 ProgressCallback = Callable[[Phase, int, int, "float | None"], None]
@@ -63,6 +65,34 @@ class GenerationRunner:
         self.image_pipe = image_pipeline(pipe) if variant.task == "ti2v" else None
         # LoRA adapters live in the shared transformer modules, so image_pipe sees them too.
         self.adapters = AdapterRegistry(pipe)
+        #: Seconds the warm-up spent compiling (speed.compile), None when the replica runs eagerly.
+        self.compile_seconds: float | None = None
+        if variant.speed.compile is not None:
+            compile_blocks(pipe, variant.speed.compile)
+
+    def pin_distilled(self, settings: StoreSettings | None = None) -> list[str]:
+        """Load every distilled profile's LoRA (model_store/speed_config.py ``DistilledLora``) into
+        the pipeline for the replica's lifetime; jobs of other profiles run with it turned off.
+        Returns the adapter names.
+
+        Raises:
+            SpeedRefused: an adapter is not in the model store, or is for another variant.
+            WeightsCorrupt: its files differ from its manifest.
+        """
+        pinned = []
+        for name, profile in self.variant.speed.profiles.items():
+            if profile.distilled is None:
+                continue
+            try:
+                info = adapter_for(profile.distilled.adapter, self.variant, settings)
+            except AdapterNotFound as exc:
+                raise SpeedRefused(
+                    f"variant {self.variant.name}: speed profile refused: profile {name}: {exc}; "
+                    f"`wan-serve models pull {self.variant.name}` fetches it when the profile names a source"
+                ) from None
+            self.adapters.acquire(info)
+            pinned.append(info.name)
+        return pinned
 
     def _pipeline_and_inputs(self, params: GenerationParams, inputs: PreparedInputs | None) -> tuple[Any, dict]:
         """The pipeline to call and its media arguments; the ingress has already validated the inputs."""
@@ -114,6 +144,18 @@ class GenerationRunner:
         cancel = cancel or threading.Event()
         pipe, media = self._pipeline_and_inputs(params, inputs)
         total = params.num_inference_steps
+        profile = self.profile(params)
+        distilled = profile.distilled
+        if distilled is not None and (
+            total != distilled.num_inference_steps
+            or params.guidance_scale != 1.0
+            or params.guidance_scale_2 not in (None, 1.0)
+        ):
+            raise ValidationFailed(
+                f"speed profile {params.speed or self.variant.speed.default} runs "
+                f"{distilled.num_inference_steps} steps with guidance_scale 1",
+                field="speed",
+            )
         if cancel.is_set():
             raise JobCanceled("job canceled before it started")
 
@@ -168,9 +210,13 @@ class GenerationRunner:
             return callback_kwargs
 
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        # Exactly this job's adapters (loaded by the generator before the job); none turns LoRA off.
-        self.adapters.activate({lora.name: lora.scale for lora in params.loras})
-        with torch.inference_mode(), speed_profile(pipe, self.profile(params)):
+        # Exactly this job's adapters (loaded by the generator before the job) and its distilled
+        # profile's; none turns LoRA off.
+        scales = {lora.name: lora.scale for lora in params.loras}
+        if distilled is not None:
+            scales[distilled.adapter] = distilled.scale
+        self.adapters.activate(scales)
+        with torch.inference_mode(), speed_profile(pipe, profile, total):
             output = pipe(
                 height=params.height,
                 width=params.width,
@@ -203,38 +249,70 @@ class GenerationRunner:
 
     def warmup(self) -> float:
         """One short generation (min_inference_steps steps, one frame) at the smallest size, so the
-        first job is not slow.
+        first job is not slow. With regional compile (speed.compile) the blocks compile in it; a
+        second run measures how much of the first was compiling (``compile_seconds``), and every
+        other profile runs once, so its hooks are traced before a job needs them.
 
         Image and video tasks get a gray frame (and an all-regenerate mask). Returns its wall
         time in seconds.
         """
+        t0 = time.perf_counter()
+        self._warm_run(self.variant.speed.default)
+        if self.variant.speed.compile is not None:
+            first = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self._warm_run(self.variant.speed.default)
+            self.compile_seconds = max(first - (time.perf_counter() - t1), 0.0)
+            for name in self.variant.speed.profiles:
+                if name != self.variant.speed.default:
+                    self._warm_run(name)
+        return time.perf_counter() - t0
+
+    def smallest_size(self) -> Size:
+        """The smallest size this variant generates: its smallest native size, or for an image variant
+        a square of ``limits.min_image_side`` on its grid."""
         if self.variant.image_sizing is not None:
             side = self.variant.limits.min_image_side // self.variant.image_sizing.multiple_of
-            size = Size(
+            return Size(
                 width=side * self.variant.image_sizing.multiple_of, height=side * self.variant.image_sizing.multiple_of
             )
-        else:
-            size = min(self.variant.native_sizes.values(), key=lambda s: s.width * s.height)
-        gray = np.full((size.height, size.width, 3), 128, np.uint8)
-        inputs = None
+        return min(self.variant.native_sizes.values(), key=lambda s: s.width * s.height)
+
+    def gray_inputs(self, size: Size, num_frames: int = 1, image: np.ndarray | None = None) -> PreparedInputs | None:
+        """Inputs for a job this variant's task can run without uploads: ``image`` ((H, W, 3) uint8 at
+        ``size``; a mid-gray frame when None) for the image tasks, and for VACE a gray video of
+        ``num_frames`` frames with an all-regenerate mask. None for text-only tasks."""
+        gray = image if image is not None else np.full((size.height, size.width, 3), 128, np.uint8)
         if self.variant.task == "i2v":
-            inputs = PreparedInputs(image=gray)
-        elif self.variant.task == "image_edit":
-            inputs = PreparedInputs(images=[gray])
-        elif self.variant.task == "vace":
-            inputs = PreparedInputs(video=gray[None], mask=np.ones((1, size.height, size.width), bool))
-        t0 = time.perf_counter()
+            return PreparedInputs(image=gray)
+        if self.variant.task == "ti2v" and image is not None:
+            return PreparedInputs(image=gray)
+        if self.variant.task == "image_edit":
+            return PreparedInputs(images=[gray])
+        if self.variant.task == "vace":
+            return PreparedInputs(
+                video=np.repeat(gray[None], num_frames, axis=0),
+                mask=np.ones((num_frames, size.height, size.width), bool),
+            )
+        return None
+
+    def _warm_run(self, speed: str) -> None:
+        size = self.smallest_size()
+        inputs = self.gray_inputs(size)
+        distilled = self.variant.speed.profiles[speed].distilled
         self.run(
             GenerationParams(
                 prompt="warm-up",
                 width=size.width,
                 height=size.height,
                 num_frames=1,
-                num_inference_steps=self.variant.limits.min_inference_steps,
+                num_inference_steps=distilled.num_inference_steps
+                if distilled is not None
+                else self.variant.limits.min_inference_steps,
                 guidance_scale=1.0,
                 seed=0,
                 guidance_scale_2=1.0 if self.variant.boundary_ratio is not None else None,
+                speed=speed,
             ),
             inputs=inputs,
         )
-        return time.perf_counter() - t0

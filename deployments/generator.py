@@ -94,6 +94,7 @@ class Generator:
         try:
             loaded = pool.submit(load_variant_pipeline, variant, self.store).result(timeout=variant.timeouts.load_s)
             self.runner = GenerationRunner(variant, loaded.pipe, loaded.prompt_pipe)
+            self.runner.pin_distilled(self.store)
             self.fit = loaded.fit if variant.memory.fit_check else None
             if self.fit is not None:
                 write_fit_plan(self.fit, layout.fit)
@@ -123,11 +124,12 @@ class Generator:
         # gets the file already written instead of a second run.
         self._finished: OrderedDict[str, JobResult] = OrderedDict()
         logger.info(
-            "generator %s ready on %s: load %.1fs, warm-up %s s",
+            "generator %s ready on %s: load %.1fs, warm-up %s s (compiling %s s)",
             variant.name,
             self.gpu_id,
             self.load_seconds,
             self.warmup_seconds,
+            self.runner.compile_seconds,
         )
 
     def info(self) -> dict:
@@ -137,6 +139,7 @@ class Generator:
             "gpu_id": self.gpu_id,
             "load_seconds": self.load_seconds,
             "warmup_seconds": self.warmup_seconds,
+            "compile_seconds": self.runner.compile_seconds,
             "adapters": self.runner.adapters.loaded,
             "fit": self.fit.model_dump() if self.fit is not None else None,
         }

@@ -99,6 +99,72 @@ def pull(variant, settings: StoreSettings | None = None, *, attempts: int | None
     return write_manifest(target, variant.name, "hub", variant.weights.repo_id, variant.weights.revision)
 
 
+def pull_distilled(variant, settings: StoreSettings | None = None, *, attempts: int | None = None) -> list[str]:
+    """Download each distilled LoRA that ``variant``'s speed profiles name with a ``source`` and the
+    model store lacks (no manifest yet): per expert, its file at the pinned revision into
+    ``loras/<adapter>/<expert>/pytorch_lora_weights.safetensors`` (model_store/adapters.py), then
+    adapter.yaml (``base``: this variant) and the manifest. Returns the adapters pulled.
+
+    Raises:
+        HubUnreachable: no connection to the hub after ``attempts`` tries, or offline mode.
+        huggingface_hub.errors.RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError: as named.
+    """
+    import shutil
+
+    import yaml
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from model_store.adapters import LORA_FILE, loras_dir
+    from model_store.weights_manifest import read_manifest
+
+    settings = settings or StoreSettings()
+    attempts = attempts or settings.pull_attempts
+    pulled = []
+    for profile in variant.speed.profiles.values():
+        d = profile.distilled
+        if d is None or d.source is None:
+            continue
+        folder = loras_dir(settings) / d.adapter
+        if folder.is_dir() and read_manifest(folder) is not None:
+            continue
+        staging = settings.model_dir / ".cache" / "loras" / d.adapter
+
+        @retry(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=2, max=60),
+            reraise=True,
+        )
+        def download(filename: str, source=d.source, staging: Path = staging) -> str:
+            return hf_hub_download(source.repo_id, filename, revision=source.revision, local_dir=staging)
+
+        try:
+            for expert, filename in d.source.files.items():
+                target = folder / expert / LORA_FILE
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(download(filename), target)
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+            raise HubUnreachable(
+                f"cannot reach the Hugging Face Hub at {_endpoint()} to pull LoRA {d.adapter} from "
+                f"{d.source.repo_id} ({type(exc).__name__}); or put it at {folder} (one folder per expert, "
+                f"each with {LORA_FILE})"
+            ) from None
+        except Exception as exc:
+            if _transient(exc):
+                raise HubUnreachable(
+                    f"cannot reach the Hugging Face Hub at {_endpoint()} to pull LoRA {d.adapter} from "
+                    f"{d.source.repo_id} after {attempts} attempts ({type(exc).__name__}); rerun to resume"
+                ) from None
+            raise
+        meta = {"base": variant.name, "description": f"distilled LoRA from {d.source.repo_id}"}
+        (folder / "adapter.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+        write_manifest(folder, d.adapter, "hub", d.source.repo_id, d.source.revision)
+        shutil.rmtree(staging, ignore_errors=True)
+        pulled.append(d.adapter)
+    return pulled
+
+
 def hub_revision(repo_id: str, timeout_s: float = 5.0) -> str | None:
     """The hub's current commit SHA of ``repo_id``'s main branch; None when the hub cannot be reached."""
     from huggingface_hub import HfApi

@@ -13,7 +13,7 @@ import diffusers
 import torch
 
 from model_store.fit_check import GIB, FitPlan, gib, plan_fit, read_layout, suggestions
-from model_store.hub import local_folder, pull
+from model_store.hub import local_folder, pull, pull_distilled
 from model_store.memory_modes import DeviceInfo, apply_fp8_storage, check_mode, place, probe_device, quantization_config
 from model_store.qwen_processor import load_processor
 from model_store.settings import StoreSettings
@@ -130,6 +130,7 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
         # Missing, or a download that stopped before its manifest: fetch (resuming) into the store.
         logger.info("variant %s: weights not in the model store; pulling %s", variant.name, variant.weights.repo_id)
         pull(variant, settings)
+    pull_distilled(variant, settings)
     location = variant.weights_location(settings)
     fit = None
     if Path(location).is_dir():
@@ -178,7 +179,9 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
         pipe.register_modules(text_encoder=None)
     place(pipe, memory, device)
     pipe.set_progress_bar_config(disable=True)
-    check_caches(pipe, variant.speed.profiles, variant.name)
+    # TI2V-5B's image jobs run WanImageToVideoPipeline on the same modules (image_pipeline).
+    pipelines = (variant.pipeline_class,) + (("WanImageToVideoPipeline",) if variant.task == "ti2v" else ())
+    check_caches(pipe, variant.speed.profiles, variant.name, pipelines)
     return LoadedVariant(pipe=pipe, prompt_pipe=prompt_pipe, device=device, fit=fit)
 
 

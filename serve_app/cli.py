@@ -3,6 +3,8 @@ client commands (generate, jobs, server) from ``wan_client``."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import typer
@@ -104,12 +106,14 @@ def list_models(offline: bool = typer.Option(False, help="Do not ask the hub for
 @models.command("pull")
 def pull_model(variant: str = typer.Argument(..., help="Variant name, e.g. ti2v-5b.")) -> None:
     """Download VARIANT's weights at its pinned revision into the model store (resumable, retried),
-    then write their sha256 manifest."""
-    from model_store.hub import HubUnreachable, pull
+    and the distilled LoRAs its speed profiles name, then write their sha256 manifests."""
+    from model_store.hub import HubUnreachable, pull, pull_distilled
 
     v = _variant(variant)
     try:
         manifest = pull(v)
+        for adapter in pull_distilled(v):
+            typer.echo(f"{v.name}: distilled LoRA {adapter} pulled")
     except (HubUnreachable, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -166,6 +170,61 @@ def remove_model(
         raise typer.Exit(1)
     shutil.rmtree(folder)
     typer.echo(f"{name}: removed {folder} ({size:.2f} GiB)")
+
+
+@models.command("calibrate-magcache")
+def calibrate_magcache(
+    variant: str = typer.Argument(..., help="Variant name, e.g. t2v-a14b."),
+    prompt: str = typer.Option("A cat walks on the grass, realistic style.", help="Prompt of the calibration run."),
+    image: Path | None = typer.Option(None, help="Input image for image variants (default: mid-gray)."),
+    size: str = typer.Option("", help="WIDTHxHEIGHT (default: the variant's default size)."),
+    num_frames: int = typer.Option(0, help="Frames (default: the variant's default)."),
+    steps: int = typer.Option(0, help="Denoising steps (default: the variant's default)."),
+    seed: int = typer.Option(42, help="Seed of the calibration run."),
+) -> None:
+    """Measure MagCache's magnitude ratios for VARIANT's checkpoint: one generation at the variant's
+    defaults (the GPU a replica would use), nothing skipped, then print the `cache:` block to put
+    under a speed profile of its config."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from deployments.generation import GenerationRunner
+    from jobs.model import GenerationParams
+    from media.decode import decode_image
+    from media.fit import fit_image
+    from model_store.loader import load_variant_pipeline
+    from model_store.speed_modes import calibrate_mag_ratios
+    from model_store.variants import Size
+
+    v = _variant(variant)
+    diffusers_logging.disable_progress_bar()
+    loaded = load_variant_pipeline(v)
+    runner = GenerationRunner(v, loaded.pipe, loaded.prompt_pipe)
+    s = Size.parse(size) if size else v.default_size
+    native = v.native_sizes.get(str(s), s) if v.native_sizes else s
+    frames = 1 if v.output_kind == "image" else num_frames or v.defaults.num_frames
+    total = steps or v.defaults.num_inference_steps
+    picture = (
+        fit_image(decode_image(image.read_bytes(), field="image", max_side=8192), native.width, native.height, "crop")
+        if image
+        else None
+    )
+    params = GenerationParams(
+        prompt=prompt,
+        negative_prompt=v.defaults.negative_prompt,
+        width=native.width,
+        height=native.height,
+        num_frames=frames,
+        num_inference_steps=total,
+        guidance_scale=v.defaults.guidance_scale,
+        guidance_scale_2=v.defaults.guidance_scale_2,
+        seed=seed,
+    )
+    inputs = runner.gray_inputs(native, frames, picture)
+    with contextlib.redirect_stdout(io.StringIO()):  # diffusers prints the ratios too; we print YAML
+        ratios = calibrate_mag_ratios(runner.pipe, total, lambda: runner.run(params, inputs=inputs))
+    block = {"cache": {"kind": "mag", "mag_ratios": ratios}}
+    typer.echo(f"# MagCache ratios of {v.name}: {native.width}x{native.height}, {frames} frames, {total} steps")
+    typer.echo(yaml.safe_dump(block, sort_keys=False, default_flow_style=None, width=100), nl=False)
 
 
 @models.command("plan")

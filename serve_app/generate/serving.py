@@ -224,8 +224,26 @@ class JobService:
             num_frames = frames_for_seconds(variant, req.seconds)
         if num_frames is not None:
             self._check_frames(variant, num_frames)
+        distilled = variant.speed.profiles[speed].distilled
         steps = req.num_inference_steps if req.num_inference_steps is not None else d.num_inference_steps
-        if not limits.min_inference_steps <= steps <= limits.max_inference_steps:
+        asked_guidance = req.true_cfg_scale if variant.task == "image_edit" else req.guidance_scale
+        if distilled is not None:
+            # The LoRA was distilled for one step count without CFG: other settings would run the
+            # fast profile at its cost in quality without its speed.
+            asked = {
+                "num_inference_steps": (req.num_inference_steps, distilled.num_inference_steps),
+                ("true_cfg_scale" if variant.task == "image_edit" else "guidance_scale"): (asked_guidance, 1.0),
+                "guidance_scale_2": (req.guidance_scale_2, 1.0),
+            }
+            for field, (value, fixed) in asked.items():
+                if value is not None and value != fixed:
+                    raise ValidationFailed(
+                        f"speed profile {speed} runs {distilled.num_inference_steps} denoising steps with CFG off "
+                        f"(guidance_scale 1); leave {field} unset or send {fixed:g}",
+                        field=field,
+                    )
+            steps = distilled.num_inference_steps
+        elif not limits.min_inference_steps <= steps <= limits.max_inference_steps:
             raise ValidationFailed(
                 f"num_inference_steps must be {limits.min_inference_steps} to {limits.max_inference_steps} "
                 f"for {variant.name}; got {steps}",
@@ -242,8 +260,10 @@ class JobService:
         )
         self._check_frames(variant, media.num_frames)
         native = variant.native_sizes[media.size] if variant.native_sizes else Size.parse(media.size)
-        asked_guidance = req.true_cfg_scale if variant.task == "image_edit" else req.guidance_scale
         guidance = asked_guidance if asked_guidance is not None else d.guidance_scale
+        guidance_2 = req.guidance_scale_2 if req.guidance_scale_2 is not None else d.guidance_scale_2
+        if distilled is not None:
+            guidance, guidance_2 = 1.0, 1.0
         params = GenerationParams(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt if req.negative_prompt is not None else d.negative_prompt,
@@ -252,9 +272,7 @@ class JobService:
             num_frames=media.num_frames,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            guidance_scale_2=(req.guidance_scale_2 if req.guidance_scale_2 is not None else d.guidance_scale_2)
-            if variant.boundary_ratio is not None
-            else None,
+            guidance_scale_2=guidance_2 if variant.boundary_ratio is not None else None,
             seed=req.seed if req.seed is not None else secrets.randbelow(2**32),
             loras=loras,
             speed=speed,
