@@ -5,6 +5,7 @@ This is the generator's work without Ray around it, so tests can drive it direct
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from deployments.lora_adapters import AdapterRegistry
+from deployments.rank_group import CfgSplit, RankGroup
 from jobs.errors import JobCanceled, ValidationFailed
 from jobs.inputs import PreparedInputs
 from jobs.model import GenerationParams, Phase
@@ -22,10 +24,13 @@ from model_store.adapters import AdapterNotFound, adapter_for
 from model_store.loader import image_pipeline
 from model_store.settings import StoreSettings
 from model_store.speed_config import SpeedProfile
-from model_store.speed_modes import SpeedRefused, compile_blocks, speed_profile
+from model_store.speed_modes import SpeedRefused, compile_blocks, speed_profile, transformers_of
 from model_store.variants import Size, VariantConfig
 
 ProgressCallback = Callable[[Phase, int, int, "float | None"], None]
+#: Rank 0 of a parallel replica: ``fan_out(params, inputs)`` starts the same job on the other ranks
+#: and returns a function that waits for them (raising what they raised).
+FanOut = Callable[[GenerationParams, "PreparedInputs | None"], Callable[[], None]]
 
 
 def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -56,9 +61,25 @@ class GenerationRunner:
       frame, (1, H, W, 3).
     """
 
-    def __init__(self, variant: VariantConfig, pipe, prompt_pipe=None) -> None:
+    def __init__(
+        self,
+        variant: VariantConfig,
+        pipe,
+        prompt_pipe=None,
+        ranks: RankGroup | None = None,
+        fan_out: FanOut | None = None,
+    ) -> None:
         self.variant = variant
         self.pipe = pipe
+        # A parallel replica (deployments/rank_group.py): this process's rank, and on rank 0 how
+        # every call of ``run`` reaches the other ranks, which must run it at the same time.
+        self.ranks = ranks
+        self.fan_out = fan_out
+        self.cfg_split = None
+        if ranks is not None:
+            ranks.shard_sequence(transformers_of(pipe))
+            if ranks.cfg_group is not None:
+                self.cfg_split = CfgSplit(ranks, transformers_of(pipe))
         # Set when the text encoder stays in host memory (memory.text_encoder_device: cpu).
         self.prompt_pipe = prompt_pipe
         self.device = pipe._execution_device
@@ -140,6 +161,19 @@ class GenerationRunner:
             ValidationFailed: the task needs inputs that are missing.
             Exception: whatever ``on_step`` raises.
         """
+        wait_ranks = self.fan_out(params, inputs) if self.fan_out is not None else None
+        try:
+            frames = self._run(params, on_progress, cancel, inputs, on_step)
+        except BaseException:
+            if wait_ranks is not None:
+                with contextlib.suppress(Exception):  # they stop at the same step; this error is the job's
+                    wait_ranks()
+            raise
+        if wait_ranks is not None:
+            wait_ranks()
+        return frames
+
+    def _run(self, params, on_progress, cancel, inputs, on_step) -> np.ndarray:
         report = on_progress or (lambda *a: None)
         cancel = cancel or threading.Event()
         pipe, media = self._pipeline_and_inputs(params, inputs)
@@ -163,6 +197,7 @@ class GenerationRunner:
         #    below would do exactly this with the same arguments.
         report(Phase.encoding_prompt, 0, total, None)
         do_cfg = params.guidance_scale > 1.0
+        negative_embeds = None
         if self.variant.task == "image_edit":
             # Qwen-Image-Edit encodes the prompt together with the images it resizes inside its
             # call; true CFG runs when true_cfg_scale > 1 and a negative prompt is given, so an
@@ -200,11 +235,19 @@ class GenerationRunner:
             done = i + 1
             step_seconds = (time.perf_counter() - started) / done
             report(Phase.denoising, done, total, step_seconds)
-            if on_step is not None:
-                on_step(done)
-            if cancel.is_set():
-                # Raising (not pipe._interrupt) is what stops the VAE decode too.
-                raise JobCanceled(f"job canceled after step {done} of {total}")
+            stop: BaseException | None = None
+            try:
+                if on_step is not None:
+                    on_step(done)
+                if cancel.is_set():
+                    # Raising (not pipe._interrupt) is what stops the VAE decode too.
+                    raise JobCanceled(f"job canceled after step {done} of {total}")
+            except BaseException as exc:
+                stop = exc
+            if self.ranks is not None and self.ranks.any_stop(stop is not None) and stop is None:
+                stop = JobCanceled(f"job stopped by another rank after step {done} of {total}")
+            if stop is not None:
+                raise stop
             if done == total:
                 report(Phase.decoding, done, total, step_seconds)
             return callback_kwargs
@@ -216,7 +259,8 @@ class GenerationRunner:
         if distilled is not None:
             scales[distilled.adapter] = distilled.scale
         self.adapters.activate(scales)
-        with torch.inference_mode(), speed_profile(pipe, profile, total):
+        split = self.cfg_split.job(do_cfg, negative_embeds) if self.cfg_split is not None else contextlib.nullcontext()
+        with torch.inference_mode(), speed_profile(pipe, profile, total), split:
             output = pipe(
                 height=params.height,
                 width=params.width,

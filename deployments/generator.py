@@ -24,6 +24,8 @@ from deployments.faults import FaultSwitch, after_write_delay
 from deployments.fit_plans import check_request_fits, write_fit_plan
 from deployments.generation import GenerationRunner
 from deployments.lora_adapters import LoadedAdapterSet, adapter_set_id
+from deployments.rank_group import RankGroup
+from deployments.rank_worker import RankWorkers, rendezvous
 from jobs.config import DataLayout
 from jobs.errors import (
     AdapterNotDeployed,
@@ -41,7 +43,7 @@ from media.compositing import mask_to_alpha, paste_back
 from media.image_io import ImageFormat, write_image
 from media.video_io import fit_frames, write_mp4, write_png_zip, write_webm_alpha
 from model_store.adapters import AdapterNotFound, adapter_for
-from model_store.loader import load_variant_pipeline
+from model_store.loader import LoadedVariant, load_variant_pipeline, resolve_device
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 
@@ -91,10 +93,29 @@ class Generator:
         self.gpu_id = str(gpu_ids[0]) if gpu_ids else "cpu"
         t0 = time.perf_counter()
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        # A parallel replica's other ranks (deployments/rank_worker.py) start loading at once.
+        self.workers: RankWorkers | None = None
+        self.rank_pids: list[int] = []
+        init_method = rendezvous() if variant.parallel.world_size > 1 else ""
+        if init_method:
+            self.workers = RankWorkers(variant, init_method, model_dir)
+
+        def load() -> tuple[LoadedVariant, GenerationRunner]:
+            ranks = None
+            if self.workers is not None:
+                ranks = RankGroup(
+                    variant.parallel, 0, init_method, resolve_device(variant), variant.timeouts.generate_s
+                )
+            loaded = load_variant_pipeline(variant, self.store)
+            fan_out = self.workers.fan_out if self.workers is not None else None
+            runner = GenerationRunner(variant, loaded.pipe, loaded.prompt_pipe, ranks=ranks, fan_out=fan_out)
+            runner.pin_distilled(self.store)
+            if self.workers is not None:
+                self.rank_pids = self.workers.ready(variant.timeouts.load_s)
+            return loaded, runner
+
         try:
-            loaded = pool.submit(load_variant_pipeline, variant, self.store).result(timeout=variant.timeouts.load_s)
-            self.runner = GenerationRunner(variant, loaded.pipe, loaded.prompt_pipe)
-            self.runner.pin_distilled(self.store)
+            loaded, self.runner = pool.submit(load).result(timeout=variant.timeouts.load_s)
             self.fit = loaded.fit if variant.memory.fit_check else None
             if self.fit is not None:
                 write_fit_plan(self.fit, layout.fit)
@@ -140,6 +161,8 @@ class Generator:
             "load_seconds": self.load_seconds,
             "warmup_seconds": self.warmup_seconds,
             "compile_seconds": self.runner.compile_seconds,
+            # A parallel replica's other ranks (their process ids); [] for a one-process replica.
+            "rank_pids": self.rank_pids,
             "adapters": self.runner.adapters.loaded,
             "fit": self.fit.model_dump() if self.fit is not None else None,
         }

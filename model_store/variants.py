@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_store.memory_config import MemoryConfig
+from model_store.parallel_config import ParallelConfig
 from model_store.settings import StoreSettings
 from model_store.speed_config import SpeedConfig
 
@@ -33,6 +34,9 @@ OutputKind = Literal["video", "image"]
 
 #: Tasks whose result is one image; every other task makes a video.
 IMAGE_TASKS: tuple[str, ...] = ("image_edit",)
+#: Pipelines a parallel replica can split (deployments/rank_group.py): the Wan ones, whose
+#: unconditional pass is the conditional one with the negative prompt's embeddings.
+PARALLEL_PIPELINES: tuple[str, ...] = ("WanPipeline", "WanImageToVideoPipeline", "WanVACEPipeline")
 
 
 class TaskUploads(BaseModel):
@@ -305,6 +309,10 @@ class VariantConfig(BaseModel):
         description="Named speed profiles (step cache, attention backend) and the default one "
         "(model_store/speed_config.py).",
     )
+    parallel: ParallelConfig = Field(
+        default_factory=ParallelConfig,
+        description="GPUs one replica spans: CFG-parallel and Ulysses ranks (model_store/parallel_config.py).",
+    )
     memory: MemoryConfig = Field(
         default_factory=MemoryConfig,
         description="Quantization, offload, text encoder "
@@ -322,6 +330,11 @@ class VariantConfig(BaseModel):
         if (self.boundary_ratio is None) != (self.defaults.guidance_scale_2 is None):
             raise ValueError(
                 "boundary_ratio and defaults.guidance_scale_2 go together: both for A14B, neither otherwise"
+            )
+        if self.parallel.world_size > 1 and self.pipeline_class not in PARALLEL_PIPELINES:
+            raise ValueError(
+                f"parallel replicas run the Wan pipelines ({', '.join(PARALLEL_PIPELINES)}), whose two CFG passes "
+                f"differ only in the text embeddings; {self.pipeline_class} is not one: drop parallel"
             )
         if self.output_kind == "image":
             if self.memory.text_encoder_device == "cpu":

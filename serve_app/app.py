@@ -20,7 +20,7 @@ from jobs.circuit_breaker import CircuitConfig
 from jobs.config import DataLayout, QueuePolicy, RetentionPolicy, make_private_dir
 from jobs.engine import EngineConfig
 from model_store.settings import StoreSettings
-from model_store.variants import load_variant
+from model_store.variants import VariantConfig, load_variant
 from serve_app.images.serving import DEFAULT_IMAGE_WAIT_S
 from serve_app.ingress import INGRESS_MAX_ONGOING_REQUESTS, Ingress
 from serve_app.settings import ServiceSettings
@@ -105,6 +105,19 @@ def _policy(model: type[PolicyT], args: AppArgs, **changes: Any) -> PolicyT:
     return model(**{**args.model_dump(include=set(model.model_fields)), **changes})
 
 
+def replica_bundles(cfg: VariantConfig) -> dict:
+    """Ray Serve options that give a parallel variant's replica one placement group bundle per rank
+    (``{"CPU": num_cpus, "GPU": num_gpus}`` each; the replica takes bundle 0, its other ranks the
+    rest), packed on one node; none for a one-process replica."""
+    world = cfg.parallel.world_size
+    if world == 1:
+        return {}
+    bundle = {k: v for k, v in (("CPU", cfg.deployment.num_cpus), ("GPU", cfg.deployment.num_gpus)) if v}
+    if not bundle:
+        raise ValueError(f"variant {cfg.name}: a parallel replica needs num_cpus or num_gpus for its bundles")
+    return {"placement_group_bundles": [bundle] * world, "placement_group_strategy": "STRICT_PACK"}
+
+
 def build_app(args: dict | AppArgs | None = None) -> Application:
     """Build the wan-serve application from ``args`` (a dict from serve_config.yaml, or AppArgs).
 
@@ -135,6 +148,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             ray_actor_options={"num_gpus": cfg.deployment.num_gpus, "num_cpus": cfg.deployment.num_cpus},
             # A replica being stopped (scale-down, redeploy) finishes its job first.
             graceful_shutdown_timeout_s=cfg.longest_job_s,
+            **replica_bundles(cfg),
         ).bind(
             variant=cfg,
             layout=layout,
