@@ -24,6 +24,7 @@ from deployments.faults import FaultSwitch, after_write_delay
 from deployments.fit_plans import check_request_fits, write_fit_plan
 from deployments.generation import GenerationRunner
 from deployments.lora_adapters import LoadedAdapterSet, adapter_set_id
+from deployments.metrics import RaySink
 from deployments.rank_group import RankGroup
 from deployments.rank_worker import RankWorkers, rendezvous
 from jobs.config import DataLayout
@@ -88,6 +89,7 @@ class Generator:
         self.store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
         self.files = ResultFiles(layout.outputs)
         self.faults = FaultSwitch(fault_file, variant.name)
+        self.sink = RaySink()
         self._broken: str | None = None  # set when the pipeline can no longer be trusted (CUDA error)
         gpu_ids = ray.get_gpu_ids()
         self.gpu_id = str(gpu_ids[0]) if gpu_ids else "cpu"
@@ -252,9 +254,15 @@ class Generator:
                 )
 
         inputs = PreparedInputs.load(spec.inputs) if spec.inputs is not None else None
+        on_gpu = self.runner.device.type == "cuda"
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(self.runner.device)
         t0 = time.perf_counter()
         frames = self.runner.run(params, on_progress=on_progress, cancel=cancel, inputs=inputs, on_step=on_step)
         pipeline_seconds = time.perf_counter() - t0
+        if on_gpu:
+            peak = torch.cuda.max_memory_allocated(self.runner.device)
+            self.sink.observe("job_peak_device_memory_bytes", {"variant": self.variant.name}, peak)
         if time.monotonic() > generate_deadline:  # the VAE decode cannot be interrupted; judged after it
             raise JobTimeout(f"generation (with the VAE decode) ran past timeouts.generate_s={limits.generate_s:g} s")
         filename = spec.filename or default_filename(

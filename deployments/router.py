@@ -19,12 +19,14 @@ from auth.signed_urls import UrlSigner, derive_key
 from deployments.faults import ROUTER, FaultSwitch, StoreFaults
 from deployments.fit_plans import FitPlanCache
 from deployments.lora_adapters import adapter_set_id
+from deployments.metrics import RaySink
 from deployments.replica_status import GENERATOR_STATUS_POLL_S, GeneratorWatch, replica_died
 from deployments.router_config import RouterConfig
 from deployments.router_health import RouterHealth
 from jobs.engine import JobEngine
 from jobs.events import EventBatch
 from jobs.files import ResultFiles
+from jobs.metrics import JobMetrics
 from jobs.model import JobResult, JobSpec, JobStatus, JobView, ProgressEvent
 from jobs.ownership import OPEN, Caller
 from jobs.store import SqliteJobStore
@@ -39,6 +41,8 @@ DISPATCH_POLL_S = 0.5
 
 #: Seconds before a store call that failed (full disk, locked, I/O error) is tried again.
 STORE_RETRY_S = 1.0
+#: Seconds between refreshes of the queue and replica gauges.
+GAUGE_PERIOD_S = 2.0
 
 #: A key's last_used_at is written at most this often, seconds: a busy key would otherwise write
 #: the store on every request.
@@ -63,7 +67,11 @@ class Router:
         secret = config.webhook_secret.get_secret_value()
         # Receivers get a signed file_url: a third party holds no API key.
         signer = UrlSigner(derive_key(secret, "file-urls"), config.file_url_ttl_s)
-        self.webhooks = WebhookSender(config.webhooks, secret, store, self.webhook_store, url_signer=signer)
+        self.sink = RaySink()
+        self.metrics = JobMetrics(self.sink)
+        self.webhooks = WebhookSender(
+            config.webhooks, secret, store, self.webhook_store, url_signer=signer, metrics=self.sink
+        )
         self.engine = JobEngine(
             config.engine,
             store,
@@ -71,6 +79,7 @@ class Router:
             layout.inputs,
             observers=[self.webhooks],
             quotas_of=self.keys.quotas,
+            metrics=self.metrics,
         )
         self.engine.recover()  # takes the store's lease: a router still draining stops dispatching
         resumed = self.webhooks.resume()
@@ -82,7 +91,9 @@ class Router:
         self.watch = GeneratorWatch(serve.get_replica_context().app_name, list(generators))
         self.health = RouterHealth()
         self._wake = asyncio.Event()
-        self.health.loops = [asyncio.create_task(f()) for f in (self._dispatch_loop, self._purge_loop, self.watch.run)]
+        self.health.loops = [
+            asyncio.create_task(f()) for f in (self._dispatch_loop, self._purge_loop, self.watch.run, self._gauge_loop)
+        ]
         self._wake.set()
 
     def check_health(self) -> None:
@@ -288,6 +299,39 @@ class Router:
         return {"pid": os.getpid()}
 
     # ---- background loops -----------------------------------------------------------------------
+
+    def gauges(self) -> dict[str, dict[str, int]]:
+        """Per variant: queued and running jobs, and target and live generator replicas."""
+        load = self.engine.load()
+        out: dict[str, dict[str, int]] = {}
+        for variant, counts in load.items():
+            status = self.watch.statuses.get(variant)
+            out[variant] = {
+                "queued": counts["queued"],
+                "running": counts["running"],
+                "target": self.config.engine.slots[variant],
+                "live": status.running_replicas if status is not None else 0,
+            }
+        return out
+
+    async def _gauge_loop(self) -> None:
+        """Refresh the queue and replica gauges every GAUGE_PERIOD_S (Ray exports every 10 s by default)."""
+        while True:
+            for variant, g in self.gauges().items():
+                self.sink.set("queue_depth", {"variant": variant}, g["queued"])
+                self.sink.set("running_jobs", {"variant": variant}, g["running"])
+                self.sink.set("replicas", {"variant": variant, "kind": "target"}, g["target"])
+                self.sink.set("replicas", {"variant": variant, "kind": "live"}, g["live"])
+            await asyncio.sleep(GAUGE_PERIOD_S)
+
+    async def metrics_snapshot(self) -> dict:
+        """What ``GET /metrics`` serves: jobs submitted and ended since this router started, and the
+        gauges (``gauges``)."""
+        return {
+            "submitted": dict(self.metrics.submitted_total),
+            "ended": [[*key, count] for key, count in self.metrics.ended_total.items()],
+            "gauges": self.gauges(),
+        }
 
     async def _purge_loop(self) -> None:
         while True:

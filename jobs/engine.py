@@ -41,6 +41,7 @@ from jobs.failures import FailureAction, classify_failure
 from jobs.filenames import default_name_job
 from jobs.files import ResultFiles
 from jobs.inputs import copy_inputs, kept_for_remix, remove_inputs
+from jobs.metrics import JobMetrics
 from jobs.model import JobRecord, JobResult, JobSpec, JobStatus, JobView, Phase, ProgressEvent
 from jobs.ownership import OPEN, QUOTA_WINDOW_S, Caller, Quotas
 from jobs.queue import JobQueue
@@ -107,6 +108,7 @@ class JobEngine:
         clock: Unix seconds (``time.time``); ``monotonic`` for pauses.
         quotas_of: an owner's (API key's) quotas, for jobs queued before this engine saw the key
             submit (after a restart); default: no limits.
+        metrics: told of every stored job and committed change (jobs/metrics.py); None measures nothing.
 
     Every call that reads or changes a job takes the ``caller`` (jobs/ownership.py) and sees only
     that caller's jobs; an unknown job and another key's job both raise ``JobNotFound``.
@@ -122,8 +124,10 @@ class JobEngine:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         quotas_of: Callable[[str], Quotas | None] | None = None,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.files = files
         self.inputs_root = Path(inputs_root)
@@ -248,6 +252,8 @@ class JobEngine:
             for observer in self.observers:
                 observer.job_changed(rec, event)
         self.logs.record(rec.id, event)
+        if self.metrics is not None:
+            self.metrics.recorded(rec, event)
         return rec
 
     def _snapshot(self, job_id: str) -> JobEvent | None:
@@ -365,6 +371,8 @@ class JobEngine:
         self._submitted.setdefault(spec.owner, deque()).append(rec.created_at)
         view = self.view(rec)
         self.logs.open(rec.id, JobEvent.of(view))
+        if self.metrics is not None:
+            self.metrics.submitted(rec)
         return view
 
     def _check_quotas(self, spec: JobSpec, caller: Caller) -> None:

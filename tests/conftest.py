@@ -41,8 +41,11 @@ def ray_serve(tiny_weights):
     port = free_port()
     # The body bound in Ray Serve's proxy too, as `make serve` sets it (serve_app/body_limit.py).
     os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = PROXY_CALLBACK
+    # Ray's Prometheus export, on a port tests scrape (tests/test_metrics.py reads it from here).
+    os.environ["WAN_SERVE_TEST_RAY_METRICS_PORT"] = str(free_port())
     # address="local": a cluster of our own, even when `make serve` runs one on this machine.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=int(os.environ["WAN_SERVE_TEST_RAY_METRICS_PORT"]))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

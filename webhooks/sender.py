@@ -35,6 +35,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from auth.signed_urls import UrlSigner
 from jobs.config import make_private_dir
 from jobs.events import JobEvent
+from jobs.metrics import MetricsSink
 from jobs.model import JobRecord, JobStatus, file_url
 from jobs.store import JobStore
 from webhooks.guard import (
@@ -167,8 +168,10 @@ class WebhookSender:
         messages: WebhookStore,
         resolve: Resolver = system_resolve,
         url_signer: UrlSigner | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         check_secret(secret)
+        self.metrics = metrics
         self.url_signer = url_signer
         self.config = config
         self.jobs = jobs
@@ -345,6 +348,9 @@ class WebhookSender:
             retryable, result.error = True, f"could not connect ({type(exc).__name__})"
         result.duration_s = time.time() - started
         rows.append(self.store.add_webhook_attempt(message.id, message.job_id, result))
+        if self.metrics is not None:
+            outcome = "delivered" if delivered else "retryable" if retryable else "refused"
+            self.metrics.inc("webhook_deliveries_total", {"outcome": outcome})
         if retryable:
             raise _Retryable(result.error)
         return delivered

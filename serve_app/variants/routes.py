@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from ray import serve
 
 from deployments.replica_status import GeneratorStatus, generator_statuses
 from serve_app.authentication import current_caller
 from serve_app.errors import ERROR_RESPONSES
+from serve_app.metrics_text import CONTENT_TYPE, render
 from serve_app.variants.protocol import ModelList, VariantList
 from serve_app.variants.serving import VariantsService
 
@@ -30,6 +31,18 @@ class VariantsRoutes:
     async def _statuses(self) -> dict[str, GeneratorStatus]:
         app_name = serve.get_replica_context().app_name
         return await asyncio.to_thread(generator_statuses, app_name, sorted(self.catalog.jobs.variants))
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format."}},
+    )
+    async def metrics(self) -> Response:
+        """Jobs submitted and ended (by variant, status and error code) since the router started,
+        queued and running jobs, and target and live replicas per variant, in Prometheus' text
+        format. The per-job histograms are in Ray's metrics export (docs/metrics.md)."""
+        snapshot = await self.router.metrics_snapshot.remote()
+        return Response(render(snapshot), media_type=CONTENT_TYPE)
 
     @router.get("/variants", response_model=VariantList)
     async def variants(self) -> VariantList:
