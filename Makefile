@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # Ray Serve's proxy bounds request bodies as they stream in (serve_app/body_limit.py).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= serve_app.body_limit:proxy_middlewares
 
-.PHONY: install tiny browser serve lint format test soak test-gpu bench bench-recovery bench-memory bench-gpu clean
+.PHONY: install tiny browser postgres serve lint format test soak test-gpu bench bench-recovery bench-memory bench-gpu clean
 
 # torch is pinned and installed first: this machine has a CPU wheel of torch 2.13.0 on disk,
 # and an unpinned torch would pull several GB of CUDA packages.
@@ -31,6 +31,13 @@ browser:
 	@command -v chromium >/dev/null || { \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$sudo apt-get install -y chromium || { $$sudo apt-get update && $$sudo apt-get install -y chromium; }; }
+
+# Debian's PostgreSQL server binaries, for the job store's tests on PostgreSQL (tests/postgres_server.py
+# starts a server of its own on 127.0.0.1; nothing runs as a system service).
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get install -y postgresql || { $$sudo apt-get update && $$sudo apt-get install -y postgresql; }; }
 
 # Ray (its dashboard on 127.0.0.1:$(DASHBOARD_PORT), its Prometheus metrics on :$(METRICS_PORT)) and the
 # app on 127.0.0.1:$(PORT), in the foreground. When every variant is ready, one line says where things are.
@@ -57,7 +64,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint tiny browser
+test: lint tiny browser postgres
 	$(PY) -m pytest -m "not soak" --durations=25 tests
 
 # The soak tests, then the API fuzz with 200 generated requests per operation (10 in `make test`).

@@ -11,36 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import time
+from typing import Any
 
 from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
+from jobs.database import Database
 from jobs.ownership import Caller, Quotas
-from jobs.store import SqliteDatabase
 
 #: What every key starts with, so that secret scanners and people recognise one.
 KEY_PREFIX = "wsk_"
 
 #: Characters of the secret shown by ``keys list`` to tell keys apart (the prefix included).
 SHOWN_CHARS = 10
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id            TEXT PRIMARY KEY,        -- public id, the owner of the key's jobs
-    name          TEXT NOT NULL,
-    shown         TEXT NOT NULL,           -- the first characters of the secret
-    sha256        TEXT NOT NULL UNIQUE,    -- of the secret; the secret itself is never stored
-    admin         INTEGER NOT NULL DEFAULT 0,
-    max_running   INTEGER,
-    max_queued    INTEGER,
-    jobs_per_hour INTEGER,
-    created_at    REAL NOT NULL,
-    last_used_at  REAL,
-    revoked_at    REAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys(name) WHERE revoked_at IS NULL;
-"""
 
 
 class KeyNameTaken(ValueError):
@@ -80,13 +65,11 @@ class KeyStore:
     service runs, and a key is no job state.
     """
 
-    def __init__(self, db: SqliteDatabase) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        with db.cursor() as c:
-            c.executescript(_SCHEMA)
 
-    def _key(self, row: sqlite3.Row) -> ApiKey:
-        data = dict(row)
+    def _key(self, row: Any) -> ApiKey:
+        data = dict(row._mapping)
         quotas = Quotas(**{k: data.pop(k) for k in ("max_running", "max_queued", "jobs_per_hour")})
         data.pop("sha256")
         return ApiKey(**data, quotas=quotas)
@@ -106,21 +89,24 @@ class KeyStore:
         try:
             with self.db.transaction() as c:
                 c.execute(
-                    "INSERT INTO api_keys (id, name, shown, sha256, admin, max_running, max_queued, jobs_per_hour, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        key_id,
-                        name,
-                        secret[:SHOWN_CHARS],
-                        key_digest(secret),
-                        int(admin),
-                        quotas.max_running,
-                        quotas.max_queued,
-                        quotas.jobs_per_hour,
-                        time.time(),
+                    text(
+                        "INSERT INTO api_keys (id, name, shown, sha256, admin, max_running, max_queued, jobs_per_hour, "
+                        "created_at) VALUES (:id, :name, :shown, :sha256, :admin, :max_running, :max_queued, "
+                        ":jobs_per_hour, :created_at)"
                     ),
+                    {
+                        "id": key_id,
+                        "name": name,
+                        "shown": secret[:SHOWN_CHARS],
+                        "sha256": key_digest(secret),
+                        "admin": int(admin),
+                        "max_running": quotas.max_running,
+                        "max_queued": quotas.max_queued,
+                        "jobs_per_hour": quotas.jobs_per_hour,
+                        "created_at": time.time(),
+                    },
                 )
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise KeyNameTaken(f"a live key is already named {name!r}; revoke it first or pick another name") from None
         key = self.get(key_id)
         assert key is not None
@@ -128,22 +114,19 @@ class KeyStore:
 
     def get(self, key_id: str) -> ApiKey | None:
         """The key with this id, live or revoked, or None."""
-        with self.db.cursor() as c:
-            row = c.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        row = self.db.execute("SELECT * FROM api_keys WHERE id = :id", {"id": key_id}).fetchone()
         return self._key(row) if row is not None else None
 
     def list(self, include_revoked: bool = False) -> list[ApiKey]:
         """Keys, oldest first."""
         live = "" if include_revoked else "WHERE revoked_at IS NULL"
-        with self.db.cursor() as c:
-            rows = c.execute(f"SELECT * FROM api_keys {live} ORDER BY created_at").fetchall()
+        rows = self.db.execute(f"SELECT * FROM api_keys {live} ORDER BY created_at").fetchall()
         return [self._key(r) for r in rows]
 
     def count(self, include_revoked: bool = False) -> int:
         """How many keys are live (not revoked), or were ever made with ``include_revoked``."""
         live = "" if include_revoked else "WHERE revoked_at IS NULL"
-        with self.db.cursor() as c:
-            return int(c.execute(f"SELECT COUNT(*) FROM api_keys {live}").fetchone()[0])
+        return int(self.db.execute(f"SELECT COUNT(*) FROM api_keys {live}").scalar_one())
 
     def revoke(self, name_or_id: str) -> ApiKey:
         """Revoke the live key with this name or id; requests with it fail from then on (an ingress
@@ -154,8 +137,11 @@ class KeyStore:
         """
         with self.db.transaction() as c:
             row = c.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE (name = ? OR id = ?) AND revoked_at IS NULL RETURNING *",
-                (time.time(), name_or_id, name_or_id),
+                text(
+                    "UPDATE api_keys SET revoked_at = :now WHERE (name = :key OR id = :key) AND revoked_at IS NULL "
+                    "RETURNING *"
+                ),
+                {"now": time.time(), "key": name_or_id},
             ).fetchone()
         if row is None:
             raise KeyNotFound(f"no live key is named or has the id {name_or_id!r}; `wan-serve keys list` shows them")
@@ -163,14 +149,15 @@ class KeyStore:
 
     def authenticate(self, digest: str) -> ApiKey | None:
         """The live key whose secret has SHA-256 ``digest`` (hex), or None."""
-        with self.db.cursor() as c:
-            row = c.execute("SELECT * FROM api_keys WHERE sha256 = ? AND revoked_at IS NULL", (digest,)).fetchone()
+        row = self.db.execute(
+            "SELECT * FROM api_keys WHERE sha256 = :digest AND revoked_at IS NULL", {"digest": digest}
+        ).fetchone()
         return self._key(row) if row is not None else None
 
     def touch(self, key_id: str, when: float) -> None:
         """Record that the key was used at ``when`` (Unix seconds)."""
         with self.db.transaction() as c:
-            c.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (when, key_id))
+            c.execute(text("UPDATE api_keys SET last_used_at = :when WHERE id = :id"), {"when": when, "id": key_id})
 
     def quotas(self, key_id: str) -> Quotas | None:
         """The quotas of key ``key_id`` (live or revoked), or None for an unknown id."""

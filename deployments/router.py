@@ -29,7 +29,7 @@ from jobs.files import ResultFiles
 from jobs.metrics import JobMetrics
 from jobs.model import JobResult, JobSpec, JobStatus, JobView, ProgressEvent
 from jobs.ownership import OPEN, Caller
-from jobs.store import SqliteJobStore
+from jobs.store import SqlJobStore
 from webhooks.model import WebhookMessage
 from webhooks.sender import WebhookSender
 from webhooks.store import WebhookStore
@@ -60,7 +60,7 @@ class Router:
         self.generators = generators
         layout = config.layout
         hooks = StoreFaults(FaultSwitch(config.fault_file, ROUTER)) if config.fault_file else None
-        store = SqliteJobStore(layout.jobs_db, hooks)
+        store = SqlJobStore(config.job_store_url.get_secret_value(), hooks)
         self.webhook_store = WebhookStore(store.db)
         self.keys = KeyStore(store.db)
         self._touched: dict[str, float] = {}

@@ -13,7 +13,10 @@ from webhooks.sender import WebhookConfig
 class RouterConfig(BaseModel):
     """Settings of the router deployment, built by the app builder from its arguments."""
 
-    layout: DataLayout = Field(description="Where the job store, inputs, results and fit plans are.")
+    layout: DataLayout = Field(description="Where inputs, results and fit plans are.")
+    job_store_url: SecretStr = Field(
+        description="The job store: a SQLite file path or a database URL (jobs/database.py database_url)."
+    )
     engine: EngineConfig = Field(description="Queue, retention and circuit breaker settings, and slots per variant.")
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Webhook delivery settings.")
     webhook_secret: SecretStr = Field(description="Standard Webhooks signing secret, 'whsec_' + base64.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray.serve import Application
 
 from auth.signed_urls import DEFAULT_FILE_URL_TTL_S, derive_key
@@ -46,6 +46,11 @@ class AppArgs(QueuePolicy, RetentionPolicy):
     data_dir: Path | None = Field(
         default=None,
         description="State folder (jobs.db, outputs/, inputs/, fit/); default WAN_SERVE_DATA_DIR or ./var.",
+    )
+    job_store_url: SecretStr | None = Field(
+        default=None,
+        description="The job store: postgresql://user:password@host:5432/db (several nodes) or "
+        "sqlite:////absolute/path.db; default WAN_SERVE_DATABASE_URL, else <data_dir>/jobs.db.",
     )
     webhooks: WebhookConfig = Field(
         default_factory=WebhookConfig, description="Webhook delivery: allowlist, timeouts, retries."
@@ -172,6 +177,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     router = Router.bind(  # type: ignore[attr-defined]
         config=RouterConfig(
             layout=layout,
+            job_store_url=args.job_store_url or settings.database_url or SecretStr(str(layout.jobs_db)),
             engine=engine,
             webhooks=args.webhooks,
             webhook_secret=secret,

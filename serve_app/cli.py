@@ -301,11 +301,14 @@ DATA_DIR_OPTION = typer.Option(
 def _key_store(data_dir: Path | None):
     from auth.keys import KeyStore
     from jobs.config import DataLayout, make_private_dir
-    from jobs.store import SqliteDatabase
+    from jobs.store import Database
     from serve_app.settings import ServiceSettings
 
-    layout = DataLayout(data_dir=make_private_dir((data_dir or ServiceSettings().data_dir).resolve()))
-    return KeyStore(SqliteDatabase(layout.jobs_db))
+    settings = ServiceSettings()
+    if settings.database_url is not None:  # the service's job store is a database server
+        return KeyStore(Database(settings.database_url.get_secret_value()))
+    layout = DataLayout(data_dir=make_private_dir((data_dir or settings.data_dir).resolve()))
+    return KeyStore(Database(layout.jobs_db))
 
 
 @keys.command("create")

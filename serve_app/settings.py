@@ -19,6 +19,11 @@ class ServiceSettings(BaseSettings):
         default=PROJECT_ROOT / "var",
         description="Holds jobs.db (the SQLite job store) and outputs/ (result videos) (env WAN_SERVE_DATA_DIR).",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="The job store (env WAN_SERVE_DATABASE_URL): postgresql://user:password@host:5432/db, or "
+        "sqlite:////absolute/path.db. Unset: <data_dir>/jobs.db, a SQLite file.",
+    )
     webhook_secret: SecretStr | None = Field(
         default=None,
         description="Standard Webhooks signing secret, 'whsec_' + base64 of 24 to 64 bytes (env "

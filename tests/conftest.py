@@ -31,6 +31,24 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of the session on 127.0.0.1 (tests/postgres_server.py)."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A job store database of the test's own: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.db")
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(scope="session")
 def ray_serve(tiny_weights):
     """A local Ray cluster with Serve's HTTP proxy on 127.0.0.1; yields the base URL."""
     import ray

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 
 from auth.keys import KeyStore
 from jobs.config import DataLayout
-from jobs.store import SqliteDatabase
+from jobs.store import Database
 from tests.conftest import TINY, deploy
 
 EXAMPLES = int(os.environ.get("WAN_SERVE_FUZZ_EXAMPLES", "10"))
@@ -32,7 +32,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def fuzz_app(ray_serve, tmp_path_factory):
     """The fuzzed app, with API keys on (its base URL and the Authorization header of a key)."""
     data_dir = tmp_path_factory.mktemp("fuzz-data")
-    secret = KeyStore(SqliteDatabase(DataLayout(data_dir=data_dir).jobs_db)).create("fuzzer")[1]
+    secret = KeyStore(Database(DataLayout(data_dir=data_dir).jobs_db)).create("fuzzer")[1]
     url = deploy(ray_serve, "fuzz", data_dir, variants=[TINY], max_queued_jobs=4, overrides={TINY: {"warmup": False}})
     yield url, {"Authorization": f"Bearer {secret}"}
     serve.delete("fuzz")

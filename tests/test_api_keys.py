@@ -12,17 +12,17 @@ import pytest
 from auth.keys import KEY_PREFIX, KeyNameTaken, KeyNotFound, KeyStore, key_digest
 from auth.signed_urls import EXPIRY_GRANULARITY_S, UrlSigner, derive_key
 from jobs.ownership import Quotas
-from jobs.store import SqliteDatabase
+from jobs.store import Database
 from serve_app.authentication import AuthRequired, bearer_token, check_listen, is_loopback
 from tests.test_job_engine import Clock
 
 
 def test_a_key_is_shown_once_and_only_its_hash_is_stored(tmp_path):
-    keys = KeyStore(SqliteDatabase(tmp_path / "jobs.db"))
+    keys = KeyStore(Database(tmp_path / "jobs.db"))
     key, secret = keys.create("team-a", quotas=Quotas(max_queued=5, jobs_per_hour=100))
     assert secret.startswith(KEY_PREFIX) and len(secret) == len(KEY_PREFIX) + 43  # 256 random bits
     assert key.id.startswith("key_") and key.shown == secret[:10] and not key.admin
-    keys.db.connection.execute("PRAGMA wal_checkpoint(FULL)")
+    keys.db.execute("PRAGMA wal_checkpoint(FULL)")
     stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("jobs.db"))
     assert secret.encode() not in stored and key_digest(secret).encode() in stored
     assert stat.S_IMODE(os.stat(tmp_path / "jobs.db").st_mode) == 0o600
@@ -99,5 +99,5 @@ def test_keys_command_creates_lists_and_revokes(tmp_path):
     twice = subprocess.run([*cli, "create", "--name", "team-a"], env=env, capture_output=True, text=True)
     assert twice.returncode == 2 and "already named" in twice.stderr
     subprocess.run([*cli, "revoke", "team-a"], env=env, capture_output=True, text=True, check=True)
-    keys = KeyStore(SqliteDatabase(tmp_path / "jobs.db"))
+    keys = KeyStore(Database(tmp_path / "jobs.db"))
     assert keys.authenticate(key_digest(secret)) is None and keys.list(include_revoked=True)[0].revoked_at

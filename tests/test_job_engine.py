@@ -27,7 +27,7 @@ from jobs.files import ResultFiles
 from jobs.inputs import PreparedInputs
 from jobs.model import GenerationParams, JobResult, JobSpec, JobStatus, Phase, ProgressEvent
 from jobs.queue import JobQueue
-from jobs.store import SqliteJobStore
+from jobs.store import SqlJobStore
 from model_store.variants import Size
 
 
@@ -57,7 +57,7 @@ def _engine(tmp_path, clock=None, slots=None, **policy) -> JobEngine:
     )
     return JobEngine(
         config,
-        SqliteJobStore(tmp_path / "jobs.db"),
+        SqlJobStore(tmp_path / "jobs.db"),
         ResultFiles(tmp_path / "outputs"),
         tmp_path / "inputs",
         clock=clock or Clock(),

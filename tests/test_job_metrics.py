@@ -5,7 +5,7 @@ from jobs.engine import EngineConfig, JobEngine
 from jobs.files import ResultFiles
 from jobs.metrics import SERIES, JobMetrics
 from jobs.model import JobStatus, Phase, ProgressEvent
-from jobs.store import SqliteJobStore
+from jobs.store import SqlJobStore
 from tests.test_job_engine import Clock, _result, _spec
 
 
@@ -39,7 +39,7 @@ class Monotonic:
 def test_a_job_records_its_wait_phases_step_time_and_end(tmp_path):
     clock, mono, sink = Clock(), Monotonic(), Recorder()
     metrics = JobMetrics(sink, monotonic=mono)
-    engine = JobEngine(EngineConfig(queue=QueuePolicy(), slots={"a": 1}), SqliteJobStore(tmp_path / "jobs.db"),
+    engine = JobEngine(EngineConfig(queue=QueuePolicy(), slots={"a": 1}), SqlJobStore(tmp_path / "jobs.db"),
                        ResultFiles(tmp_path / "outputs"), tmp_path / "inputs", clock=clock, metrics=metrics)
     ok, bad = _spec(1), _spec(2)
     engine.submit(ok)

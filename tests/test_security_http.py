@@ -17,7 +17,7 @@ from ray import serve
 from auth.keys import KeyStore
 from jobs.config import DataLayout
 from jobs.ownership import Quotas
-from jobs.store import SqliteDatabase
+from jobs.store import Database
 from tests.conftest import all_videos, deploy, wait_for, wait_terminal
 from tests.media_samples import CHELSEA
 
@@ -40,7 +40,7 @@ class Secured:
 @pytest.fixture(scope="module")
 def secured(ray_serve, tmp_path_factory) -> Iterator[Secured]:
     data_dir = tmp_path_factory.mktemp("secured")
-    keys = KeyStore(SqliteDatabase(DataLayout(data_dir=data_dir).jobs_db))
+    keys = KeyStore(Database(DataLayout(data_dir=data_dir).jobs_db))
     secrets = {
         "a": keys.create("team-a")[1],
         "b": keys.create("team-b")[1],
@@ -220,7 +220,7 @@ def test_a_key_made_while_the_service_runs_open_turns_keys_on_and_revoking_it_ke
     url = deploy(ray_serve, "flip", tmp_path, variants=[TI2V], overrides={TI2V: {"warmup": False}})
     anonymous = httpx.Client(base_url=url, timeout=60)
     assert anonymous.get("/health").json()["auth"] == "open" and anonymous.get("/jobs").status_code == 200
-    keys = KeyStore(SqliteDatabase(DataLayout(data_dir=tmp_path).jobs_db))
+    keys = KeyStore(Database(DataLayout(data_dir=tmp_path).jobs_db))
     key, secret = keys.create("late")
     time.sleep(5.5)  # the ingress's cache of the key count (AUTH_CACHE_S)
     assert anonymous.get("/health").json()["auth"] == "api_keys"

@@ -324,11 +324,11 @@ def test_with_api_keys_the_studio_asks_for_a_key_and_plays_the_signed_video(
 ):
     from auth.keys import KeyStore
     from jobs.config import DataLayout
-    from jobs.store import SqliteDatabase
+    from jobs.store import Database
     from tests.conftest import deploy
 
     data_dir = tmp_path / "keyed"
-    secret = KeyStore(SqliteDatabase(DataLayout(data_dir=data_dir).jobs_db)).create("artists")[1]
+    secret = KeyStore(Database(DataLayout(data_dir=data_dir).jobs_db)).create("artists")[1]
     temporary_apps.append("studio-keys")
     url = deploy(ray_serve, "studio-keys", data_dir, variants=["ti2v-5b-tiny"])
     context = browser.new_context(viewport={"width": 1280, "height": 900})

@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from jobs.events import JobEvent
 from jobs.model import GenerationParams, JobSpec, JobStatus, WebhookSpec
-from jobs.store import SqliteJobStore
+from jobs.store import SqlJobStore
 from webhooks.sender import WebhookConfig, WebhookSender, check_secret, load_or_create_secret
 from webhooks.store import WebhookStore
 from model_store.variants import Size
@@ -30,13 +30,13 @@ def _config(**overrides) -> WebhookConfig:
                             "timeout_s": 2.0, **overrides})
 
 
-def _stores(tmp_path) -> tuple[SqliteJobStore, WebhookStore]:
+def _stores(tmp_path) -> tuple[SqlJobStore, WebhookStore]:
     """The job store and the webhook tables on one database, as the router has them."""
-    jobs = SqliteJobStore(tmp_path / "jobs.db")
+    jobs = SqlJobStore(tmp_path / "jobs.db")
     return jobs, WebhookStore(jobs.db)
 
 
-def _job(store: SqliteJobStore, url: str, events=None, status=JobStatus.success):
+def _job(store: SqlJobStore, url: str, events=None, status=JobStatus.success):
     spec = JobSpec(id=f"job{time.monotonic_ns()}", variant="ti2v-5b-tiny", output_size=Size.parse("1280x720"),
                    params=GenerationParams(prompt="a fox", width=1280, height=704, num_frames=5,
                                            num_inference_steps=2, guidance_scale=5.0, seed=1),
