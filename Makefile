@@ -65,11 +65,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 test: lint tiny browser postgres
-	$(PY) -m pytest -m "not soak" --durations=25 tests
+	$(PY) -m pytest -m "not soak" --durations=25 --ignore=tests/cluster tests
+	# A session of its own: a process joins one Ray cluster, and this one has two nodes.
+	$(PY) -m pytest -m "not soak" --durations=10 tests/cluster
 
 # The soak tests, then the API fuzz with 200 generated requests per operation (10 in `make test`).
 soak: tiny
-	$(PY) -m pytest -m soak tests
+	$(PY) -m pytest -m soak --ignore=tests/cluster tests
 	WAN_SERVE_FUZZ_EXAMPLES=200 $(PY) -m pytest tests/test_api_fuzz.py
 
 # On a GPU machine: bitsandbytes (the [gpu] extra) for the int8 and nf4 modes, then the CUDA module.

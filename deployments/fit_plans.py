@@ -1,4 +1,5 @@
-"""Fit plans shared between a variant's replicas and the router, through ``<data_dir>/fit/``.
+"""Fit plans shared between a variant's replicas and the router, through ``fit/<variant>.json`` of
+the object store (jobs/objects.py), so they meet whichever node each runs on.
 
 A generator replica writes its FitPlan (model_store/fit_check.py) once it has loaded; the router
 reads it to refuse, before queueing, a request that would not fit, and the replica checks again
@@ -7,57 +8,56 @@ before it runs one. The newest plan of a variant wins: its replicas run on one k
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
+import time
 
-from jobs.config import make_private_dir
 from jobs.errors import RequestTooLarge
 from jobs.model import OUTPUT_FORMATS, JobSpec
+from jobs.objects import ObjectStore
 from model_store.fit_check import FitPlan, gib
 
+#: Key prefix of fit plans in the object store.
+FIT = "fit/"
+#: Seconds the router reuses a plan it read before looking at the store again (a plan changes only
+#: when a replica of another kind of device starts).
+PLAN_TTL_S = 10.0
 
-def write_fit_plan(plan: FitPlan, fit_dir: Path) -> Path:
-    """Write ``plan`` to ``fit_dir/<variant>.json`` atomically (a temporary file renamed over it)."""
-    make_private_dir(fit_dir)
-    path = fit_dir / f"{plan.variant}.json"
-    fd, tmp = tempfile.mkstemp(dir=fit_dir, prefix=f".{plan.variant}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(plan.model_dump_json(indent=2))
-    os.replace(tmp, path)
-    return path
+
+def write_fit_plan(plan: FitPlan, store: ObjectStore) -> str:
+    """Write ``plan`` as ``fit/<variant>.json`` (whole or not at all); returns its key."""
+    key = f"{FIT}{plan.variant}.json"
+    store.put_bytes(key, plan.model_dump_json(indent=2).encode())
+    return key
 
 
 class FitPlanCache:
-    """Reads plans from their files, again only when a file changed (its mtime)."""
+    """Reads plans from the object store, again at most every PLAN_TTL_S seconds per variant."""
 
-    def check(self, fit_dir: Path, spec: JobSpec) -> None:
-        """Refuse ``spec`` when its variant's plan in ``fit_dir`` says it would not fit (no plan yet: no check).
+    def __init__(self, store: ObjectStore, ttl_s: float = PLAN_TTL_S) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, FitPlan | None]] = {}
+
+    def check(self, spec: JobSpec) -> None:
+        """Refuse ``spec`` when its variant's plan says it would not fit (no plan yet: no check).
 
         Raises:
             RequestTooLarge: see ``check_request_fits``.
         """
-        plan = self.get(fit_dir / f"{spec.variant}.json")
+        plan = self.get(spec.variant)
         if plan is not None:
             check_request_fits(plan, spec)
 
-    def __init__(self) -> None:
-        self._cache: dict[Path, tuple[int, FitPlan]] = {}
-
-    def get(self, path: Path) -> FitPlan | None:
-        """The plan in ``path``, or None when there is none (no replica has loaded yet) or it is unreadable."""
+    def get(self, variant: str) -> FitPlan | None:
+        """The variant's plan, or None when there is none (no replica has loaded yet) or it is unreadable."""
+        cached = self._cache.get(variant)
+        if cached is not None and time.monotonic() - cached[0] < self.ttl_s:
+            return cached[1]
         try:
-            mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-        cached = self._cache.get(path)
-        if cached is None or cached[0] != mtime:
-            try:
-                cached = (mtime, FitPlan.model_validate_json(path.read_text()))
-            except (OSError, ValueError):
-                return None
-            self._cache[path] = cached
-        return cached[1]
+            plan: FitPlan | None = FitPlan.model_validate_json(self.store.get_bytes(f"{FIT}{variant}.json"))
+        except (OSError, ValueError):
+            plan = None
+        self._cache[variant] = (time.monotonic(), plan)
+        return plan
 
 
 def check_request_fits(plan: FitPlan, spec: JobSpec) -> None:

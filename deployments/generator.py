@@ -9,6 +9,7 @@ import errno
 import gc
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -40,6 +41,7 @@ from jobs.filenames import default_filename
 from jobs.files import ResultFiles
 from jobs.inputs import PreparedInputs
 from jobs.model import OUTPUT_FORMATS, JobResult, JobSpec, Phase, ProgressEvent
+from jobs.objects import ObjectStore
 from media.compositing import mask_to_alpha, paste_back
 from media.image_io import ImageFormat, write_image
 from media.video_io import fit_frames, write_mp4, write_png_zip, write_webm_alpha
@@ -69,10 +71,11 @@ class Generator:
 
     Args:
         variant: the validated variant config.
-        layout: the data folder: result files go to its ``outputs``, the fit plan to its ``fit``
+        layout: the data folder: the fit plan goes to its ``fit``
             (for the router, deployments/fit_plans.py).
         fault_file: JSON file of injected faults (deployments/faults.py); None disables them.
         model_dir: the model store (weights and loras/); None: WAN_SERVE_MODEL_DIR or ./models.
+        storage_url: the object store of inputs and results (jobs/objects.py); None: the data folder.
 
     Raises (from the constructor, which Ray Serve reports as the deployment's status message):
         TimeoutError: loading and warming up took longer than ``timeouts.load_s``.
@@ -81,13 +84,21 @@ class Generator:
     """
 
     def __init__(
-        self, variant: VariantConfig, layout: DataLayout, fault_file: str | None = None, model_dir: str | None = None
+        self,
+        variant: VariantConfig,
+        layout: DataLayout,
+        fault_file: str | None = None,
+        model_dir: str | None = None,
+        storage_url: str | None = None,
     ) -> None:
         if variant.deployment.torch_threads:
             torch.set_num_threads(variant.deployment.torch_threads)
         self.variant = variant
         self.store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
-        self.files = ResultFiles(layout.outputs)
+        self.objects = ObjectStore(storage_url or layout.data_dir)
+        self.files = ResultFiles(self.objects)
+        # Results are written here first when the store is a bucket (this process's own scratch).
+        self.scratch = Path(tempfile.mkdtemp(prefix="wan-serve-results-"))
         self.faults = FaultSwitch(fault_file, variant.name)
         self.sink = RaySink()
         self._broken: str | None = None  # set when the pipeline can no longer be trusted (CUDA error)
@@ -120,7 +131,7 @@ class Generator:
             loaded, self.runner = pool.submit(load).result(timeout=variant.timeouts.load_s)
             self.fit = loaded.fit if variant.memory.fit_check else None
             if self.fit is not None:
-                write_fit_plan(self.fit, layout.fit)
+                write_fit_plan(self.fit, self.objects)
             self.load_seconds = time.perf_counter() - t0
             self.warmup_seconds = None
             if variant.warmup:
@@ -156,10 +167,11 @@ class Generator:
         )
 
     def info(self) -> dict:
-        """Variant, device, timings (seconds), loaded LoRA adapters and the fit plan of this replica."""
+        """Variant, device, Ray node, timings (seconds), loaded LoRA adapters and the fit plan of this replica."""
         return {
             "variant": self.variant.name,
             "gpu_id": self.gpu_id,
+            "node_id": ray.get_runtime_context().get_node_id(),
             "load_seconds": self.load_seconds,
             "warmup_seconds": self.warmup_seconds,
             "compile_seconds": self.runner.compile_seconds,
@@ -253,7 +265,7 @@ class Generator:
                     f"of {params.num_inference_steps}; use fewer steps, frames or a smaller size"
                 )
 
-        inputs = PreparedInputs.load(spec.inputs) if spec.inputs is not None else None
+        inputs = PreparedInputs.load(spec.inputs, self.objects) if spec.inputs is not None else None
         on_gpu = self.runner.device.type == "cuda"
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(self.runner.device)
@@ -286,7 +298,10 @@ class Generator:
             alpha = mask_to_alpha(inputs.mask)
         out = spec.output_size
         frames = fit_frames(frames, out.width, out.height, self.variant.resize_mode)
-        path = self.files.path(filename)
+        # A local store's file is written in place (renamed into it when complete); for a bucket,
+        # in this process's scratch folder, then uploaded whole.
+        local = self.files.local_path(filename)
+        path = local if local is not None else self.scratch / filename
         t1 = time.perf_counter()
         encode_deadline = time.monotonic() + limits.encode_s
 
@@ -307,6 +322,11 @@ class Generator:
                 writer = write_webm_alpha if spec.output_format == "webm" else write_png_zip
                 extra = {"fps": self.variant.fps} if spec.output_format == "webm" else {}
                 size = writer(frames, alpha, path, should_abort=should_abort, **extra)
+            if local is None:
+                try:
+                    size = self.files.put(filename, path)
+                finally:
+                    path.unlink(missing_ok=True)
         except JobCanceled:
             if not cancel.is_set():
                 raise JobTimeout(f"writing the result ran past timeouts.encode_s={limits.encode_s:g} s") from None

@@ -75,6 +75,7 @@ class RankWorkers:
             actor.options(
                 num_cpus=variant.deployment.num_cpus,
                 num_gpus=variant.deployment.num_gpus,
+                resources=variant.deployment.resources,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=rank
                 ),

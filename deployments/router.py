@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -28,6 +29,7 @@ from jobs.events import EventBatch
 from jobs.files import ResultFiles
 from jobs.metrics import JobMetrics
 from jobs.model import JobResult, JobSpec, JobStatus, JobView, ProgressEvent
+from jobs.objects import ObjectStore
 from jobs.ownership import OPEN, Caller
 from jobs.store import SqlJobStore
 from webhooks.model import WebhookMessage
@@ -58,7 +60,6 @@ class Router:
     async def __init__(self, config: RouterConfig, generators: dict[str, DeploymentHandle]) -> None:  # type: ignore[misc]
         self.config = config
         self.generators = generators
-        layout = config.layout
         hooks = StoreFaults(FaultSwitch(config.fault_file, ROUTER)) if config.fault_file else None
         store = SqlJobStore(config.job_store_url.get_secret_value(), hooks)
         self.webhook_store = WebhookStore(store.db)
@@ -75,8 +76,7 @@ class Router:
         self.engine = JobEngine(
             config.engine,
             store,
-            ResultFiles(layout.outputs),
-            layout.inputs,
+            ResultFiles(ObjectStore(config.storage_url)),
             observers=[self.webhooks],
             quotas_of=self.keys.quotas,
             metrics=self.metrics,
@@ -85,7 +85,7 @@ class Router:
         resumed = self.webhooks.resume()
         if resumed:
             logger.info("resending %d webhook messages a previous router had not delivered", resumed)
-        self._fit_plans = FitPlanCache()
+        self._fit_plans = FitPlanCache(self.engine.objects)
         self._streams: dict[str, Any] = {}  # job id -> its generator call (a streaming response)
         self._runs: dict[str, asyncio.Task] = {}  # job id -> the task consuming that stream
         self.watch = GeneratorWatch(serve.get_replica_context().app_name, list(generators))
@@ -171,7 +171,7 @@ class Router:
     def _precheck(self, spec: JobSpec) -> None:
         """Refuse a request over its variant's fit plan (RequestTooLarge), or any job while the
         generator cannot start under ``when_unavailable: refuse`` (ModelUnavailable)."""
-        self._fit_plans.check(self.config.layout.fit, spec)
+        self._fit_plans.check(spec)
         status = self.watch.statuses.get(spec.variant)
         if self.config.engine.queue.when_unavailable == "refuse" and status is not None and status.failed:
             raise status.refusal(spec.variant, retry_after_s=GENERATOR_STATUS_POLL_S * 30)
@@ -295,8 +295,8 @@ class Router:
         return self.engine.purge()
 
     async def process_info(self) -> dict:
-        """``{"pid": ...}`` of the router's process (fault tests kill it with os.kill)."""
-        return {"pid": os.getpid()}
+        """``{"pid", "node_id"}`` of the router's process (fault tests kill it with os.kill)."""
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     # ---- background loops -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ class RouterConfig(BaseModel):
     """Settings of the router deployment, built by the app builder from its arguments."""
 
     layout: DataLayout = Field(description="Where inputs, results and fit plans are.")
+    storage_url: str = Field(description="The object store of inputs and results (jobs/objects.py).")
     job_store_url: SecretStr = Field(
         description="The job store: a SQLite file path or a database URL (jobs/database.py database_url)."
     )

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -102,8 +101,7 @@ class JobEngine:
     Args:
         config: queue, retention and breaker settings, and each variant's slots.
         store: where jobs are kept (written before ``submit`` returns).
-        files: the result-file folder.
-        inputs_root: the folder of the jobs' input folders.
+        files: the result files, in the object store that holds the jobs' inputs too.
         observers: told of every change and deletion.
         clock: Unix seconds (``time.time``); ``monotonic`` for pauses.
         quotas_of: an owner's (API key's) quotas, for jobs queued before this engine saw the key
@@ -119,7 +117,6 @@ class JobEngine:
         config: EngineConfig,
         store: JobStore,
         files: ResultFiles,
-        inputs_root: Path,
         observers: Iterable[JobObserver] = (),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -130,7 +127,7 @@ class JobEngine:
         self.metrics = metrics
         self.store = store
         self.files = files
-        self.inputs_root = Path(inputs_root)
+        self.objects = files.store  # results and the jobs' inputs share the object store
         self.observers = list(observers)
         self.clock, self.monotonic = clock, monotonic
         self.queue = JobQueue()
@@ -162,7 +159,7 @@ class JobEngine:
                     error_message=f"the job was running when the service stopped, {rec.attempts} times "
                     f"(max_attempts={limit}); it was not retried again",
                 )
-                remove_inputs(rec.spec.inputs, self.inputs_root)
+                remove_inputs(rec.spec.inputs, self.objects)
             else:
                 self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
         for rec in self.store.by_status([JobStatus.queued]):
@@ -327,7 +324,7 @@ class JobEngine:
             )
         except BaseException:
             if discard_on_refusal:
-                remove_inputs(spec.inputs, self.inputs_root)
+                remove_inputs(spec.inputs, self.objects)
             raise
 
     def _submit(
@@ -427,7 +424,7 @@ class JobEngine:
         new_id = uuid.uuid4().hex
         inputs = None
         if original.inputs is not None:
-            inputs = copy_inputs(original.inputs, self.inputs_root, new_id)
+            inputs = copy_inputs(original.inputs, self.objects, new_id)
             if inputs is None:
                 raise ValidationFailed(
                     "this video's inputs are no longer stored (a source video is dropped when its job ends, "
@@ -624,7 +621,7 @@ class JobEngine:
         if rec is None or (
             rec.status.terminal and not (rec.status == JobStatus.success and kept_for_remix(run.spec.inputs))
         ):
-            remove_inputs(run.spec.inputs, self.inputs_root)
+            remove_inputs(run.spec.inputs, self.objects)
         return breaker.retry_after_s() if breaker.refusing() else None
 
     def _remove_stale_results(self, job_id: str, keep: str | None) -> None:
@@ -667,7 +664,7 @@ class JobEngine:
             finished_at=self.clock(),
         )
         if self.queue.remove(job_id):
-            remove_inputs(rec.spec.inputs, self.inputs_root)
+            remove_inputs(rec.spec.inputs, self.objects)
         run = self.running.get(job_id)
         if run is not None:
             run.canceled = True
@@ -721,7 +718,7 @@ class JobEngine:
             r.filename for r in selected if delete_files and r.has_file and r.filename and self.files.remove(r.filename)
         ]
         for rec in selected:
-            remove_inputs(rec.spec.inputs, self.inputs_root)
+            remove_inputs(rec.spec.inputs, self.objects)
         self._forget([r.id for r in selected])
         return [f for f in files if f]
 
@@ -787,7 +784,7 @@ class JobEngine:
         for rec in old:
             if rec.has_file and rec.filename and self.files.remove(rec.filename):
                 files_deleted.append(rec.filename)
-            remove_inputs(rec.spec.inputs, self.inputs_root)
+            remove_inputs(rec.spec.inputs, self.objects)
             self.logs.drop(rec.id)
         if old:
             self._forget([r.id for r in old])

@@ -1,31 +1,36 @@
-"""A job's decoded media inputs, kept on disk from submission until the job ends (image inputs
-of a successful job: until the job is deleted, for remixes).
+"""A job's decoded media inputs, kept in the object store from submission until the job ends
+(image inputs of a successful job: until the job is deleted, for remixes).
 
-The ingress decodes and fits uploads once (media/decode.py, media/fit.py) and
-saves the resulting arrays in the job's own folder under ``<data_dir>/inputs/``; the job
-spec carries only the folder (``JobInputs``). The generator loads the arrays, so a job that
-is retried or requeued finds its inputs again, and no frames travel through the router.
-Arrays are stored as ``.npy``: exact, and read back without decoding.
+The ingress decodes and fits uploads once (media/decode.py, media/fit.py) and saves the
+resulting arrays under ``inputs/<job id>/`` of the object store (jobs/objects.py: a local folder
+or a bucket); the job spec carries only that prefix (``JobInputs``). The generator, on any node,
+loads the arrays, so a job that is retried or requeued finds its inputs again, and no frames
+travel through the router. Arrays are stored as ``.npy``: exact, and read back without decoding.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from jobs.config import make_private_dir
+from jobs.objects import ObjectStore, npy_bytes
+
+#: Key prefix of jobs' inputs in the object store.
+INPUTS = "inputs/"
 
 
 class JobInputs(BaseModel):
     """Where a job's prepared inputs are, and which ones it has."""
 
-    folder: str = Field(description="Absolute path of the job's input folder.")
+    key: str | None = Field(default=None, description="The job's prefix in the object store: inputs/<job id>/.")
+    folder: str | None = Field(
+        default=None, description="Jobs stored before the object store: the absolute path of their input folder."
+    )
     image: bool = Field(default=False, description="A first frame, (H, W, 3) uint8 at the generation size.")
     last_image: bool = Field(default=False, description="A last frame (i2v first-last-frame), like image.")
     video: bool = Field(default=False, description="A source clip, (T, H, W, 3) uint8 at the generation size and fps.")
@@ -49,36 +54,29 @@ class PreparedInputs:
     images: list[np.ndarray] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
-    def save(self, folder: Path) -> JobInputs:
-        """Write the arrays to ``folder`` (created; must not exist) and describe them.
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Object name -> array, as ``save`` writes them."""
+        out = {name: getattr(self, name) for name in ("image", "last_image", "video", "mask")}
+        out = {name: value for name, value in out.items() if value is not None}
+        out.update({f"reference_{i}": ref for i, ref in enumerate(self.reference_images)})
+        out.update({f"image_{i}": image for i, image in enumerate(self.images)})
+        return out
 
-        Written to a temporary sibling folder and renamed, so a half-written folder never
-        carries the job's name.
+    def save(self, store: ObjectStore, job_id: str) -> JobInputs:
+        """Write the arrays under ``inputs/<job_id>/`` of ``store`` and describe them. Each object
+        appears complete or not at all; the job refers to them only once all are written.
 
         Raises:
-            FileExistsError: ``folder`` already exists.
-            OSError: the disk is full or not writable.
+            FileExistsError: the job already has inputs there.
+            OSError: the store refused a write (a full disk, a bucket's error).
         """
-        folder = Path(folder)
-        if folder.exists():
-            raise FileExistsError(f"input folder already exists: {folder.name}")
-        make_private_dir(folder.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            for name in ("image", "last_image", "video", "mask"):
-                value = getattr(self, name)
-                if value is not None:
-                    np.save(tmp / f"{name}.npy", value)
-            for i, ref in enumerate(self.reference_images):
-                np.save(tmp / f"reference_{i}.npy", ref)
-            for i, image in enumerate(self.images):
-                np.save(tmp / f"image_{i}.npy", image)
-            os.replace(tmp, folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        key = f"{INPUTS}{job_id}/"
+        if store.list(key):
+            raise FileExistsError(f"inputs already exist for job {job_id}")
+        for name, value in self.arrays().items():
+            store.put_bytes(f"{key}{name}.npy", npy_bytes(value))
         return JobInputs(
-            folder=str(folder.resolve()),
+            key=key,
             image=self.image is not None,
             last_image=self.last_image is not None,
             video=self.video is not None,
@@ -89,16 +87,17 @@ class PreparedInputs:
         )
 
     @classmethod
-    def load(cls, inputs: JobInputs) -> PreparedInputs:
-        """Read back what ``save`` wrote.
+    def load(cls, inputs: JobInputs, store: ObjectStore) -> PreparedInputs:
+        """Read back what ``save`` wrote (or, for a job stored before the object store, its folder).
 
         Raises:
-            FileNotFoundError: the folder or one of its arrays is gone.
+            FileNotFoundError: an array is gone.
         """
-        folder = Path(inputs.folder)
 
         def read(name: str) -> np.ndarray:
-            return np.load(folder / f"{name}.npy", allow_pickle=False)
+            if inputs.key is not None:
+                return np.load(io.BytesIO(store.get_bytes(f"{inputs.key}{name}.npy")), allow_pickle=False)
+            return np.load(Path(inputs.folder or "") / f"{name}.npy", allow_pickle=False)
 
         return cls(
             image=read("image") if inputs.image else None,
@@ -120,34 +119,44 @@ def kept_for_remix(inputs: JobInputs | None) -> bool:
     return inputs is not None and not inputs.video and not inputs.mask
 
 
-def _owned_folder(inputs: JobInputs, inputs_root: Path) -> Path | None:
-    """The job's input folder when it lies directly under ``inputs_root`` (nothing else is ours to touch)."""
+def _legacy_folder(inputs: JobInputs, store: ObjectStore) -> Path | None:
+    """A pre-object-store job's input folder, when it lies directly under the local store's
+    ``inputs/`` (nothing else is ours to touch)."""
+    if inputs.folder is None or store.folder is None:
+        return None
     folder = Path(inputs.folder).resolve()
-    return folder if folder.parent == Path(inputs_root).resolve() else None
+    return folder if folder.parent == (store.folder / INPUTS).resolve() else None
 
 
-def remove_inputs(inputs: JobInputs | None, inputs_root: Path) -> None:
-    """Delete a job's input folder, but only if it lies directly under ``inputs_root``.
+def remove_inputs(inputs: JobInputs | None, store: ObjectStore) -> None:
+    """Delete a job's inputs: its objects under ``inputs/<id>/`` (nothing outside them).
 
-    Every removal of an input folder goes through here.
+    Every removal of inputs goes through here.
     """
     if inputs is None:
         return
-    folder = _owned_folder(inputs, inputs_root)
+    if inputs.key is not None and inputs.key.startswith(INPUTS) and inputs.key.count("/") == 2:
+        store.delete_prefix(inputs.key)
+        return
+    folder = _legacy_folder(inputs, store)
     if folder is not None and folder.is_dir():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def copy_inputs(inputs: JobInputs, inputs_root: Path, new_job_id: str) -> JobInputs | None:
-    """Copy a job's input folder for job ``new_job_id`` (a remix); None when the folder is gone
-    or does not lie directly under ``inputs_root``.
+def copy_inputs(inputs: JobInputs, store: ObjectStore, new_job_id: str) -> JobInputs | None:
+    """Copy a job's inputs for job ``new_job_id`` (a remix); None when they are gone.
 
     Raises:
-        OSError: the copy failed (full disk).
+        OSError: the copy failed (a full disk, a bucket's error).
     """
-    source = _owned_folder(inputs, inputs_root)
-    if source is None or not source.is_dir():
+    target = f"{INPUTS}{new_job_id}/"
+    if inputs.key is not None:
+        if not store.copy_prefix(inputs.key, target):
+            return None
+        return inputs.model_copy(update={"key": target, "folder": None})
+    folder = _legacy_folder(inputs, store)
+    if folder is None or not folder.is_dir():
         return None
-    target = Path(inputs_root) / new_job_id
-    shutil.copytree(source, target)
-    return inputs.model_copy(update={"folder": str(target.resolve())})
+    for path in sorted(folder.glob("*.npy")):
+        store.put_file(target + path.name, path)
+    return inputs.model_copy(update={"key": target, "folder": None})

@@ -18,6 +18,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import obstore
 from obstore.store import LocalStore, from_url
@@ -58,16 +59,24 @@ class ObjectStore:
         else:
             folder = Path(self.url.removeprefix("file://")).resolve()
             self.folder = make_private_dir(folder)
-            self._store = LocalStore(str(folder))
+            # automatic_cleanup: deleting a job's last input object removes its emptied folder too.
+            self._store = LocalStore(str(folder), automatic_cleanup=True)
 
     def local_path(self, key: str) -> Path | None:
         """The file of ``key`` when the store is a local folder (served directly), else None."""
         return self.folder / key if self.folder is not None else None
 
-    def put_file(self, key: str, path: Path) -> int:
-        """Upload the file at ``path`` as ``key`` (multipart when large); returns its size in bytes."""
-        obstore.put(self._store, key, Path(path))
-        return Path(path).stat().st_size
+    def put_file(self, key: str, source: Path | BinaryIO) -> int:
+        """Upload the file at ``source`` (a path, or a binary file object read to its end) as ``key``,
+        multipart when large; returns its size in bytes. Should reading or uploading fail, no
+        object appears (and an object already there stays as it was)."""
+        if isinstance(source, Path):
+            obstore.put(self._store, key, source)
+        else:
+            obstore.put(self._store, key, iter(lambda: source.read(STREAM_CHUNK_BYTES), b""))
+        info = self.info(key)
+        assert info is not None
+        return info.size
 
     def put_bytes(self, key: str, data: bytes) -> None:
         obstore.put(self._store, key, data)
@@ -129,7 +138,7 @@ class ObjectStore:
         """A URL that downloads ``key`` for ``ttl_s`` seconds without credentials; None for a local folder."""
         if self.folder is not None:
             return None
-        return str(obstore.sign(self._store, "GET", key, datetime.timedelta(seconds=ttl_s)))
+        return str(obstore.sign(cast(Any, self._store), "GET", key, datetime.timedelta(seconds=ttl_s)))
 
 
 def npy_bytes(array) -> bytes:

@@ -126,6 +126,11 @@ class DeploymentOptions(BaseModel):
     num_replicas: int = Field(default=1, ge=1, description="Generator replicas; one per GPU on GPU configs.")
     num_gpus: float = Field(default=0, ge=0, description="ray_actor_options.num_gpus per replica: 1 on GPU, 0 on CPU.")
     num_cpus: float = Field(default=1, ge=0, description="ray_actor_options.num_cpus per replica.")
+    resources: dict[str, float] = Field(
+        default={},
+        description="Custom Ray resources per replica (ray_actor_options.resources), e.g. {gpu_node: 1} to pin "
+        "the generators to nodes started with `ray start --resources '{\"gpu_node\": 4}'`.",
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, description="torch.set_num_threads in the replica; None keeps torch's default."
     )

@@ -6,7 +6,7 @@ Graph: Ingress -> Router -> one Generator deployment per variant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray.serve import Application
@@ -46,6 +46,22 @@ class AppArgs(QueuePolicy, RetentionPolicy):
     data_dir: Path | None = Field(
         default=None,
         description="State folder (jobs.db, outputs/, inputs/, fit/); default WAN_SERVE_DATA_DIR or ./var.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Object store of inputs and results: a local folder, or s3://bucket/prefix (AWS S3, GCS's S3 "
+        "interface, MinIO, Ceph; credentials and endpoint from the AWS_* environment variables); default "
+        "WAN_SERVE_STORAGE_URL, else the data folder.",
+    )
+    downloads: Literal["proxy", "presigned"] = Field(
+        default="proxy",
+        description="How a result is downloaded from a bucket: proxy (the ingress streams it, with Range) or "
+        "presigned (a 307 redirect to a presigned URL valid for file_url_ttl_s). A local folder is always proxied.",
+    )
+    control_resources: dict[str, float] = Field(
+        default={},
+        description="Custom Ray resources the ingress and the router each take, e.g. {head_node: 0.01} to keep them "
+        "on the nodes started with that resource (the CPU head group), away from the GPU nodes.",
     )
     job_store_url: SecretStr | None = Field(
         default=None,
@@ -118,6 +134,7 @@ def replica_bundles(cfg: VariantConfig) -> dict:
     if world == 1:
         return {}
     bundle = {k: v for k, v in (("CPU", cfg.deployment.num_cpus), ("GPU", cfg.deployment.num_gpus)) if v}
+    bundle.update(cfg.deployment.resources)
     if not bundle:
         raise ValueError(f"variant {cfg.name}: a parallel replica needs num_cpus or num_gpus for its bundles")
     return {"placement_group_bundles": [bundle] * world, "placement_group_strategy": "STRICT_PACK"}
@@ -135,6 +152,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     settings = ServiceSettings()
     layout = DataLayout(data_dir=make_private_dir((args.data_dir or settings.data_dir).resolve()))
+    storage_url = args.storage_url or settings.storage_url or str(layout.data_dir)
     if settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
         check_secret(secret)
@@ -150,7 +168,11 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         name: Generator.options(  # type: ignore[attr-defined]
             name=generator_deployment_name(name),
             num_replicas=cfg.deployment.num_replicas,
-            ray_actor_options={"num_gpus": cfg.deployment.num_gpus, "num_cpus": cfg.deployment.num_cpus},
+            ray_actor_options={
+                "num_gpus": cfg.deployment.num_gpus,
+                "num_cpus": cfg.deployment.num_cpus,
+                "resources": cfg.deployment.resources,
+            },
             # A replica being stopped (scale-down, redeploy) finishes its job first.
             graceful_shutdown_timeout_s=cfg.longest_job_s,
             **replica_bundles(cfg),
@@ -159,6 +181,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             layout=layout,
             fault_file=str(args.fault_file) if args.fault_file else None,
             model_dir=str(store.model_dir),
+            storage_url=storage_url,
         )
         for name, cfg in configs.items()
     }
@@ -174,9 +197,13 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         circuit_breaker=args.circuit_breaker,
         slots={name: cfg.deployment.num_replicas for name, cfg in configs.items()},
     )
-    router = Router.bind(  # type: ignore[attr-defined]
+    control = (
+        {"ray_actor_options": {"num_cpus": 0, "resources": args.control_resources}} if args.control_resources else {}
+    )
+    router = Router.options(**control).bind(  # type: ignore[attr-defined]
         config=RouterConfig(
             layout=layout,
+            storage_url=storage_url,
             job_store_url=args.job_store_url or settings.database_url or SecretStr(str(layout.jobs_db)),
             engine=engine,
             webhooks=args.webhooks,
@@ -186,7 +213,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         ),
         generators=generators,
     )
-    return Ingress.bind(  # type: ignore[attr-defined]
+    return Ingress.options(**control).bind(  # type: ignore[attr-defined]
         router=router,
         variants=configs,
         default_variant=args.default_variant or args.variants[0],
@@ -201,4 +228,6 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         url_signing_key=derive_key(secret, "file-urls"),
         file_url_ttl_s=args.file_url_ttl_s,
         image_wait_s=args.image_wait_s,
+        storage_url=storage_url,
+        downloads=args.downloads,
     )

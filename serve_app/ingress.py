@@ -20,6 +20,8 @@ from ray.serve.handle import DeploymentHandle
 from auth.signed_urls import DEFAULT_FILE_URL_TTL_S, UrlSigner
 from deployments.replica_status import generator_statuses
 from jobs.config import DataLayout
+from jobs.files import ResultFiles
+from jobs.objects import ObjectStore
 from jobs.ownership import Caller
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
@@ -126,7 +128,9 @@ class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, Health
     Args:
         router: the router deployment's handle.
         variants: the deployed variants by name; ``default_variant`` for requests naming none.
-        layout: the data folder (uploads are saved to its ``inputs``, files served from its ``outputs``).
+        layout: the data folder.
+        storage_url: the object store of inputs and results (jobs/objects.py); None: the data folder.
+        downloads: how results are downloaded from a bucket: proxy or presigned (serve_app/downloads.py).
         webhook_allow_networks: networks the webhook SSRF guard admits; webhook_allow_ports the
             ports it admits for public receivers (default 80, 443).
         retention_days: sets ``expires_at`` of /v1/videos objects; None: kept until deleted.
@@ -156,6 +160,8 @@ class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, Health
         url_signing_key: bytes = b"",
         file_url_ttl_s: float = DEFAULT_FILE_URL_TTL_S,
         image_wait_s: float = DEFAULT_IMAGE_WAIT_S,
+        storage_url: str | None = None,
+        downloads: str = "proxy",
     ) -> None:
         self.router = router
         host = serve_listen_host()
@@ -168,18 +174,22 @@ class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, Health
                 host,
             )
         self.layout = layout
+        self.objects = ObjectStore(storage_url or layout.data_dir)
+        self.results = ResultFiles(self.objects)
+        self.downloads = downloads
+        self.file_url_ttl_s = file_url_ttl_s
         store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
         self.jobs = JobService(
             router,
             variants,
             default_variant,
-            layout.inputs,
+            self.objects,
             webhook_allow_networks,
             store=store,
             webhook_allow_ports=webhook_allow_ports,
             signer=UrlSigner(url_signing_key, file_url_ttl_s) if url_signing_key else None,
         )
         self.videos = VideosService(self.jobs, retention_days)
-        self.images = ImagesService(self.jobs, router, layout.outputs, image_wait_s)
+        self.images = ImagesService(self.jobs, router, self.results, image_wait_s)
         self.catalog = VariantsService(self.jobs, deployed_at=time.time())
         self.streams = StreamSlots(max_event_streams, max_event_streams_per_key)

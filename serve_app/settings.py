@@ -17,7 +17,13 @@ class ServiceSettings(BaseSettings):
 
     data_dir: Path = Field(
         default=PROJECT_ROOT / "var",
-        description="Holds jobs.db (the SQLite job store) and outputs/ (result videos) (env WAN_SERVE_DATA_DIR).",
+        description="Holds jobs.db (the SQLite job store, unless WAN_SERVE_DATABASE_URL is set) and the objects "
+        "(inputs/, outputs/, fit/, unless WAN_SERVE_STORAGE_URL is set) (env WAN_SERVE_DATA_DIR).",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Object store of inputs and results (env WAN_SERVE_STORAGE_URL): a folder, or s3://bucket/prefix "
+        "with the AWS_* environment variables. Unset: the data folder.",
     )
     database_url: SecretStr | None = Field(
         default=None,

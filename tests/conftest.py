@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from model_store.tiny_twin import ensure_tiny_twins
+from tests import s3_server
 
 TINY = "ti2v-5b-tiny"
 TINY_VARIANTS = ["ti2v-5b-tiny", "t2v-a14b-tiny", "i2v-a14b-tiny", "vace-14b-tiny", "qwen-image-edit-tiny"]
@@ -28,6 +29,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The S3 server's port, fixed when the session starts so Ray's workers inherit AWS_ENDPOINT_URL.
+S3_PORT = free_port()
+s3_server.configure(S3_PORT)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3-compatible server of the session on 127.0.0.1 (tests/s3_server.py)."""
+    server = s3_server.S3Server(S3_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_url(request, tmp_path) -> str:
+    """An object store of the test's own: a local folder, then a fresh bucket."""
+    if request.param == "local":
+        return str(tmp_path / "objects")
+    return f"s3://{request.getfixturevalue('s3').new_bucket()}/wan"
 
 
 @pytest.fixture(scope="session")

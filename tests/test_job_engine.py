@@ -24,6 +24,7 @@ from jobs.eta import queued_eta_s, running_remaining_s
 from jobs.events import JobEvent
 from jobs.failures import FailureAction, classify_failure
 from jobs.files import ResultFiles
+from jobs.objects import ObjectStore
 from jobs.inputs import PreparedInputs
 from jobs.model import GenerationParams, JobResult, JobSpec, JobStatus, Phase, ProgressEvent
 from jobs.queue import JobQueue
@@ -58,8 +59,7 @@ def _engine(tmp_path, clock=None, slots=None, **policy) -> JobEngine:
     return JobEngine(
         config,
         SqlJobStore(tmp_path / "jobs.db"),
-        ResultFiles(tmp_path / "outputs"),
-        tmp_path / "inputs",
+        ResultFiles(ObjectStore(tmp_path)),
         clock=clock or Clock(),
     )
 
@@ -259,7 +259,7 @@ def test_cancel_a_queued_job_removes_it_and_its_inputs(tmp_path):
     spec = _spec(0)
     import numpy as np
 
-    spec.inputs = PreparedInputs(image=np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "inputs" / spec.id)
+    spec.inputs = PreparedInputs(image=np.zeros((4, 4, 3), np.uint8)).save(engine.objects, spec.id)
     engine.submit(spec)
     assert engine.cancel("job0") is None
     view = engine.status("job0")

@@ -3,6 +3,7 @@
 from jobs.config import QueuePolicy
 from jobs.engine import EngineConfig, JobEngine
 from jobs.files import ResultFiles
+from jobs.objects import ObjectStore
 from jobs.metrics import SERIES, JobMetrics
 from jobs.model import JobStatus, Phase, ProgressEvent
 from jobs.store import SqlJobStore
@@ -40,7 +41,7 @@ def test_a_job_records_its_wait_phases_step_time_and_end(tmp_path):
     clock, mono, sink = Clock(), Monotonic(), Recorder()
     metrics = JobMetrics(sink, monotonic=mono)
     engine = JobEngine(EngineConfig(queue=QueuePolicy(), slots={"a": 1}), SqlJobStore(tmp_path / "jobs.db"),
-                       ResultFiles(tmp_path / "outputs"), tmp_path / "inputs", clock=clock, metrics=metrics)
+                       ResultFiles(ObjectStore(tmp_path)), clock=clock, metrics=metrics)
     ok, bad = _spec(1), _spec(2)
     engine.submit(ok)
     engine.submit(bad)

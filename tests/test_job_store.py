@@ -74,6 +74,7 @@ def test_the_data_folder_and_the_store_are_private_to_the_service_user(tmp_path)
 
     from jobs.config import make_private_dir
     from jobs.files import ResultFiles
+    from jobs.objects import ObjectStore
 
     def mode(path):
         return stat.S_IMODE(path.stat().st_mode)
@@ -82,7 +83,7 @@ def test_the_data_folder_and_the_store_are_private_to_the_service_user(tmp_path)
     store.insert(_spec(1))  # a write, so the WAL file exists
     assert mode(tmp_path / "var") == 0o700 and mode(tmp_path / "var" / "jobs.db") == 0o600
     assert mode(tmp_path / "var" / "jobs.db-wal") == 0o600  # SQLite gives it the database's mode
-    ResultFiles(tmp_path / "other" / "deep" / "outputs")
+    ResultFiles(ObjectStore(tmp_path / "other" / "deep"))
     assert [mode(tmp_path / p) for p in ("other", "other/deep", "other/deep/outputs")] == [0o700] * 3
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)

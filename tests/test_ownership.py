@@ -20,8 +20,8 @@ ADMIN = Caller(key_id="key_admin", name="ops", admin=True)
 
 def _run_to_success(engine, job_id: str, name: str) -> None:
     engine.start(job_id)
-    engine.files.folder.mkdir(parents=True, exist_ok=True)
-    (engine.files.folder / name).write_bytes(b"mp4")
+    (engine.objects.folder / "outputs").mkdir(parents=True, exist_ok=True)
+    ((engine.objects.folder / "outputs") / name).write_bytes(b"mp4")
     engine.succeeded(job_id, _result(name))
     engine.finish(job_id)
 
@@ -74,7 +74,7 @@ def test_delete_all_and_files_are_scoped_to_the_key_unless_admin(tmp_path):
         engine.check_file(f"{b_job.id}.mp4", A)
     assert [v.id for v in engine.videos(None, 100, A)[0]] == [a_job.id]
     assert engine.delete_videos(None, None, True, A) == [f"{a_job.id}.mp4"]  # all=true: A's only
-    assert (engine.files.folder / f"{b_job.id}.mp4").exists()
+    assert ((engine.objects.folder / "outputs") / f"{b_job.id}.mp4").exists()
 
     async def no_cancel(job_id):
         raise AssertionError("nothing is running")

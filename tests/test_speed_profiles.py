@@ -316,12 +316,13 @@ def test_a_distilled_adapter_missing_from_the_store_is_refused(a14b, tmp_path):
 
 def test_a_distilled_profile_fixes_steps_and_guidance_at_the_ingress(tiny_weights, tmp_path):
     from serve_app.generate.protocol import GenerateRequest
+    from jobs.objects import ObjectStore
     from serve_app.generate.serving import JobService
 
     variant = load_variant("t2v-a14b-tiny")
     variant = variant.model_copy(update={"speed": SpeedConfig(profiles={
         "quality": SpeedProfile(), "lightning": SpeedProfile(distilled=DistilledLora(adapter="x"))})})
-    service = JobService(None, {variant.name: variant}, variant.name, tmp_path)
+    service = JobService(None, {variant.name: variant}, variant.name, ObjectStore(tmp_path))
     spec, _ = service.build_spec(GenerateRequest(prompt="a fox", speed="lightning", num_frames=1))
     p = spec.params
     assert (p.num_inference_steps, p.guidance_scale, p.guidance_scale_2, p.speed) == (4, 1.0, 1.0, "lightning")

@@ -16,13 +16,14 @@ from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisc
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from jobs.config import DataLayout
 from jobs.errors import FileNotFoundForJob, JobNotFound, Unauthenticated, ValidationFailed, unwrap
 from jobs.filenames import sanitize_filename
+from jobs.files import ResultFiles
 from jobs.model import OUTPUT_FORMATS, JobStatus, file_url, format_of_filename
 from jobs.ownership import Caller
 from media.previews import spritesheet_jpeg, thumbnail_jpeg
 from serve_app.authentication import current_caller, optional_caller, websocket_caller, websocket_token
+from serve_app.downloads import preview, result_response
 from serve_app.errors import ERROR_RESPONSES
 from serve_app.event_streams import StreamSlots, TooManyStreams
 from serve_app.generate.protocol import (
@@ -66,13 +67,16 @@ def _split(csv: str | None) -> list[str]:
 
 
 class GenerateRoutes:
-    """The /generate family of routes. Needs ``router`` (the router's handle), ``jobs``, ``layout``
-    and ``streams`` (the replica's StreamSlots)."""
+    """The /generate family of routes. Needs ``router`` (the router's handle), ``jobs``, ``streams``
+    (the replica's StreamSlots), and ``results``, ``downloads`` and ``file_url_ttl_s``
+    (serve_app/downloads.py)."""
 
     router: Any
     jobs: JobService
-    layout: DataLayout
     streams: StreamSlots
+    results: ResultFiles
+    downloads: str
+    file_url_ttl_s: float
 
     @router.post(
         "/generate",
@@ -290,8 +294,7 @@ class GenerateRoutes:
                     "gives a fresh file_url"
                 )
             safe = await self.router.check_file.remote(name, caller=caller)
-        path = self.layout.outputs / safe
         if variant == "file":
-            return FileResponse(path, media_type=fmt.media_type, filename=safe)
+            return result_response(self.results, safe, fmt.media_type, request, self.downloads, self.file_url_ttl_s)
         make = thumbnail_jpeg if variant == "thumbnail" else spritesheet_jpeg
-        return Response(await asyncio.to_thread(make, path), media_type="image/jpeg")
+        return Response(await asyncio.to_thread(preview, make, self.results, safe), media_type="image/jpeg")

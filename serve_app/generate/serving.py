@@ -13,7 +13,6 @@ import secrets
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, get_args
 
 from auth.signed_urls import DEFAULT_FILE_URL_TTL_S, UrlSigner
@@ -38,6 +37,7 @@ from jobs.model import (
     WebhookEvent,
     WebhookSpec,
 )
+from jobs.objects import ObjectStore
 from jobs.ownership import OPEN, Caller
 from model_store.adapters import AdapterNotFound, adapter_for, list_adapters
 from model_store.settings import StoreSettings
@@ -122,7 +122,7 @@ class JobService:
     Args:
         router: the router deployment's handle (or any object with its methods' ``.remote``).
         variants: the deployed variants by name; ``default_variant`` for requests naming none.
-        inputs_root: where this ingress saves a job's decoded uploads (the data layout's ``inputs``).
+        objects: the object store this ingress saves a job's decoded uploads to (jobs/inputs.py).
         webhook_allow_networks: networks the SSRF guard admits; ``webhook_allow_ports`` the ports
             it admits for public receivers; ``resolve`` its resolver.
         store: the model store (LoRA adapters).
@@ -134,7 +134,7 @@ class JobService:
         router: Any,
         variants: dict[str, VariantConfig],
         default_variant: str,
-        inputs_root: Path,
+        objects: ObjectStore,
         webhook_allow_networks: list[str] | None = None,
         resolve: Resolver = system_resolve,
         webhook_allow_ports: list[int] | None = None,
@@ -142,7 +142,7 @@ class JobService:
         signer: UrlSigner | None = None,
     ) -> None:
         self.router = router
-        self.inputs_root = Path(inputs_root)
+        self.objects = objects
         self.store = store or StoreSettings()
         self.variants = variants
         self.default_variant = default_variant
@@ -381,7 +381,7 @@ class JobService:
             loop = asyncio.get_running_loop()
             built, prepared = await loop.run_in_executor(self.decode_pool, self.build_spec, req, uploads)
             if prepared is not None:
-                built.inputs = await asyncio.to_thread(prepared.save, self.inputs_root / built.id)
+                built.inputs = await asyncio.to_thread(prepared.save, self.objects, built.id)
             spec = built
         try:
             view = await self.router.submit.remote(spec, key, request_hash, caller=caller)
@@ -390,11 +390,11 @@ class JobService:
             # Anything else (the router died): it may have stored the job before dying, so ask.
             stored = None if isinstance(unwrap(exc), ServiceError) else await self._stored(spec.id, caller)
             if stored is None:
-                await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
+                await asyncio.to_thread(remove_inputs, spec.inputs, self.objects)
                 raise
             return stored
         if view.id != spec.id:  # a concurrent twin with the same key won
-            await asyncio.to_thread(remove_inputs, spec.inputs, self.inputs_root)
+            await asyncio.to_thread(remove_inputs, spec.inputs, self.objects)
         return view
 
     async def _stored(self, job_id: str, caller: Caller) -> JobView | None:

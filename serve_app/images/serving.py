@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from pathlib import Path
 from typing import Any, cast, get_args
 
 from jobs.errors import JobFailed, ValidationFailed, VariantNotDeployed
+from jobs.files import ResultFiles
 from jobs.model import JobStatus, JobView
 from jobs.ownership import Caller
 from model_store.variants import VariantConfig
@@ -62,14 +62,14 @@ class ImagesService:
     Args:
         jobs: the ingress's job service.
         router: the router deployment's handle (events, status, check_file).
-        outputs: the folder result files are served from.
+        files: the result files (in the object store).
         wait_s: how long a synchronous request waits for its job, seconds (AppArgs.image_wait_s).
     """
 
-    def __init__(self, jobs: JobService, router: Any, outputs: Path, wait_s: float) -> None:
+    def __init__(self, jobs: JobService, router: Any, files: ResultFiles, wait_s: float) -> None:
         self.jobs = jobs
         self.router = router
-        self.outputs = Path(outputs)
+        self.files = files
         self.wait_s = wait_s
 
     def image_variant(self, model: str | None, route: str) -> VariantConfig:
@@ -183,7 +183,7 @@ class ImagesService:
             data = ImageData(url=base_url.rstrip("/") + self.jobs.signer.sign(view.file_url))
         else:
             name = await self.router.check_file.remote(view.filename, caller=caller)
-            raw = await asyncio.to_thread((self.outputs / name).read_bytes)
+            raw = await asyncio.to_thread(self.files.store.get_bytes, self.files.key(name))
             data = ImageData(b64_json=base64.b64encode(raw).decode())
         return ImagesResponse(
             created=int(view.created_at),

@@ -10,14 +10,15 @@ import asyncio
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
-from jobs.config import DataLayout
 from jobs.errors import FileNotFoundForJob
+from jobs.files import ResultFiles
 from jobs.model import OUTPUT_FORMATS, JobStatus
 from jobs.ownership import Caller
 from media.previews import spritesheet_jpeg, thumbnail_jpeg
 from serve_app.authentication import current_caller
+from serve_app.downloads import preview, result_response
 from serve_app.errors import ERROR_RESPONSES
 from serve_app.generate.serving import JobService, idempotency
 from serve_app.request_body import read_fields_and_files
@@ -31,12 +32,15 @@ CallerDep = Depends(current_caller)
 
 
 class VideosRoutes:
-    """The /v1/videos routes. Needs ``router`` (the router's handle), ``jobs``, ``videos`` and ``layout``."""
+    """The /v1/videos routes. Needs ``router`` (the router's handle), ``jobs``, ``videos``, and
+    ``results``, ``downloads`` and ``file_url_ttl_s`` (serve_app/downloads.py)."""
 
     router: Any
     jobs: JobService
     videos: VideosService
-    layout: DataLayout
+    results: ResultFiles
+    downloads: str
+    file_url_ttl_s: float
 
     @router.post("/v1/videos", response_model=Video, responses=ERROR_RESPONSES)
     async def create_video(self, request: Request, caller: Caller = CallerDep) -> Video:
@@ -81,6 +85,7 @@ class VideosRoutes:
     async def video_content(
         self,
         video_id: str,
+        request: Request,
         variant: Literal["video", "thumbnail", "spritesheet"] = Query(
             default="video",
             description="video: the MP4; thumbnail: its middle frame (JPEG); spritesheet: "
@@ -92,12 +97,12 @@ class VideosRoutes:
         view = await self.router.status.remote(video_id, caller=caller)
         if not view.filename or view.status != JobStatus.success:
             raise FileNotFoundForJob(f"video {video_id} is {view.status.value}; content exists once it is completed")
-        path = self.layout.outputs / await self.router.check_file.remote(view.filename, caller=caller)
+        name = await self.router.check_file.remote(view.filename, caller=caller)
         if variant == "video":
             fmt = OUTPUT_FORMATS[view.output_format]
-            return FileResponse(path, media_type=fmt.media_type, filename=path.name)
+            return result_response(self.results, name, fmt.media_type, request, self.downloads, self.file_url_ttl_s)
         make = thumbnail_jpeg if variant == "thumbnail" else spritesheet_jpeg
-        return Response(await asyncio.to_thread(make, path), media_type="image/jpeg")
+        return Response(await asyncio.to_thread(preview, make, self.results, name), media_type="image/jpeg")
 
     @router.post("/v1/videos/{video_id}/remix", response_model=Video, responses=ERROR_RESPONSES)
     async def remix_video(self, video_id: str, body: RemixRequest, caller: Caller = CallerDep) -> Video:
