@@ -15,7 +15,7 @@ from ray import serve
 from deployments.faults import write_faults
 from deployments.replica_status import generator_deployment_name
 from jobs.objects import ObjectStore
-from tests.conftest import TINY, deploy, wait_terminal
+from tests.conftest import TINY, deploy
 from tests.media_samples import CHELSEA, encode_image, load_rgb
 
 APP = "two"
