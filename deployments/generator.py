@@ -300,7 +300,7 @@ class Generator:
         frames = fit_frames(frames, out.width, out.height, self.variant.resize_mode)
         # A local store's file is written in place (renamed into it when complete); for a bucket,
         # in this process's scratch folder, then uploaded whole.
-        local = self.files.local_path(filename)
+        local = self.files.writable_path(filename)
         path = local if local is not None else self.scratch / filename
         t1 = time.perf_counter()
         encode_deadline = time.monotonic() + limits.encode_s

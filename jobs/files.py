@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.config import make_private_dir
 from jobs.filenames import DEFAULT_NAME
 from jobs.objects import ObjectStore
 
@@ -18,8 +19,6 @@ class ResultFiles:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         if store.folder is not None:
-            from jobs.config import make_private_dir
-
             make_private_dir(store.folder / OUTPUTS)
 
     def key(self, filename: str) -> str:
@@ -28,6 +27,14 @@ class ResultFiles:
     def local_path(self, filename: str) -> Path | None:
         """Where ``filename`` is (or would be) written when the store is a local folder, else None."""
         return self.store.local_path(self.key(filename))
+
+    def writable_path(self, filename: str) -> Path | None:
+        """``local_path``, with its folder made again if it is gone: the local store removes a folder
+        once its last object is deleted."""
+        path = self.local_path(filename)
+        if path is not None:
+            make_private_dir(path.parent)
+        return path
 
     def put(self, filename: str, path: Path) -> int:
         """Store the finished file at ``path`` as ``filename``; returns its size in bytes."""

@@ -98,3 +98,13 @@ def test_retention_deletes_result_objects_and_their_jobs(storage_url, tmp_path):
     clock.now += 2 * 86400
     purged = engine.purge()
     assert purged["jobs_deleted"] == [spec.id] and purged["files_deleted"] == ["r1.mp4"] and not files.exists("r1.mp4") and engine.store.get(spec.id) is None
+
+
+def test_a_result_is_written_again_after_the_folder_emptied(tmp_path):
+    """The local store removes a folder with its last object; the next result's folder comes back."""
+    files = ResultFiles(ObjectStore(tmp_path))
+    files.store.put_bytes(files.key("a.mp4"), b"a")
+    assert files.remove("a.mp4") and not (tmp_path / "outputs").exists()
+    path = files.writable_path("b.mp4")
+    path.write_bytes(b"b")
+    assert files.exists("b.mp4") and path == tmp_path / "outputs" / "b.mp4"

@@ -1,0 +1,209 @@
+"""How the API holds up as the queue grows, on SQLite and on PostgreSQL, against a bare Ray Serve
+echo deployment on the same proxy.
+
+Usage: python bench/queue_depth.py [--backend sqlite postgresql] [--queued 10000] [--seconds 15]
+                                   [--clients 16] [--out bench/results/queue_depth.json]
+
+On a local Ray cluster with one ti2v-5b-tiny generator and ``max_queued_jobs`` 20000, for each job
+store backend:
+
+1. one long job runs (500 denoising steps), so the queue does not drain;
+2. status (GET /status/{id} of a queued job) from ``--clients`` concurrent clients for
+   ``--seconds``: requests per second, p50 and p99 latency, with 0 jobs queued behind it;
+3. ``--queued`` jobs are written to the job store and the router restarted, so it reloads them as
+   its queue (what a restart does), then status again;
+4. submits (POST /generate) from the same clients: jobs per second;
+5. serving overhead of a 1-frame, 1-step job (a fresh app, nothing queued): submit to terminal,
+   seen by the client, minus the generator's pipeline and encode seconds; median of 20.
+
+The echo (a FastAPI route answering a constant JSON through Serve's proxy) is measured the same
+way, as the ceiling of this machine's proxy. Writes JSON; the figures go into docs/performance.md.
+The PostgreSQL server is started like the tests' (tests/postgres_server.py), on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import ray
+from fastapi import FastAPI
+from ray import serve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jobs.model import GenerationParams, JobSpec  # noqa: E402
+from jobs.store import SqlJobStore  # noqa: E402
+from model_store.variants import Size  # noqa: E402
+from serve_app.app import build_app  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+VARIANT = "ti2v-5b-tiny"
+echo_api = FastAPI()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(echo_api)
+class Echo:
+    @echo_api.get("/status/{job_id}")
+    async def status(self, job_id: str) -> dict:
+        return {"id": job_id, "status": "queued"}
+
+
+async def _hammer(url: str, seconds: float, clients: int, method: str = "GET", body: dict | None = None) -> dict:
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def one(client: httpx.AsyncClient) -> None:
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            r = await (client.get(url) if method == "GET" else client.post(url, json=body))
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code >= 400:
+                raise RuntimeError(f"{method} {url}: {r.status_code} {r.text[:200]}")
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(client) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "per_second": round(len(latencies) / wall, 1),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
+        "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 2),
+    }
+
+
+def _spec(i: int) -> JobSpec:
+    params = GenerationParams(
+        prompt=f"queued {i}",
+        width=1280,
+        height=704,
+        num_frames=1,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        seed=i,
+        speed="quality",
+    )
+    return JobSpec(id=f"q{i:06d}", variant=VARIANT, params=params, output_size=Size(width=1280, height=720))
+
+
+def _deploy(base: str, name: str, data_dir: Path, job_store_url: str | None, max_queued: int) -> str:
+    args = {
+        "data_dir": str(data_dir),
+        "variants": [VARIANT],
+        "max_queued_jobs": max_queued,
+        "overrides": {VARIANT: {"warmup": False}},
+    }
+    if job_store_url:
+        args["job_store_url"] = job_store_url
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+    return f"{base}/{name}"
+
+
+def _wait(client: httpx.Client, job_id: str, until, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = client.get(f"/status/{job_id}").json()
+        if until(s):
+            return s
+        time.sleep(0.02)
+    raise TimeoutError(job_id)
+
+
+def _kill_router(app: str) -> None:
+    """Kill the app's router replica; Serve starts another, which reloads the queue from the store."""
+    prefix = f"SERVE_REPLICA::{app}#Router#"
+    name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
+    ray.kill(ray.get_actor(name, namespace="serve"))
+
+
+def measure(base: str, backend: str, store_url: str | None, args) -> dict:
+    data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{backend}-"))
+    url = _deploy(base, f"q{backend}", data_dir, store_url, 20000)
+    out: dict = {"backend": backend}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        fast = {"size": "1280x720", "num_frames": 1, "num_inference_steps": 1}
+        # 5. overhead first, with nothing queued.
+        overheads = []
+        for i in range(20):
+            t0 = time.perf_counter()
+            job = client.post("/generate", json={"prompt": f"overhead {i}", **fast}).json()["id"]
+            final = _wait(client, job, lambda s: s["status"] in ("success", "error"))
+            seen = time.perf_counter() - t0
+            t = final["timings"]
+            overheads.append(seen - t["pipeline_seconds"] - t["encode_seconds"])
+        out["overhead_ms_median"] = round(1000 * statistics.median(overheads), 1)
+        long_job = client.post(
+            "/generate",
+            json={"prompt": "the long one", "size": "1280x720", "num_frames": 1, "num_inference_steps": 500},
+        ).json()["id"]
+        _wait(client, long_job, lambda s: s["status"] == "running")
+        probe = client.post("/generate", json={"prompt": "probe", **fast}).json()["id"]
+        out["status_queue_0"] = asyncio.run(_hammer(f"{url}/status/{probe}", args.seconds, args.clients))
+        # 3. A deep queue: written to the store, then reloaded by a restarted router.
+        store = SqlJobStore(store_url or data_dir / "jobs.db")
+        t0 = time.perf_counter()
+        with store.transaction():
+            for i in range(args.queued):
+                store.insert(_spec(i))
+        out["queued_insert_seconds"] = round(time.perf_counter() - t0, 1)
+        store.close()
+        _kill_router(f"q{backend}")
+        _wait(client, probe, lambda s: s.get("queue_position") is not None, timeout=300)
+        depth = client.get("/variants").json()["variants"][0]["queued"]
+        out["queued"] = depth
+        out[f"status_queue_{args.queued}"] = asyncio.run(_hammer(f"{url}/status/{probe}", args.seconds, args.clients))
+        out["submits"] = asyncio.run(
+            _hammer(f"{url}/generate", args.seconds, args.clients, "POST", {"prompt": "a submit", **fast})
+        )
+    serve.delete(f"q{backend}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
+    ap.add_argument("--queued", type=int, default=10000)
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/queue_depth.json"))
+    args = ap.parse_args()
+    port = free_port()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+    report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "args": vars(args)}
+    report["echo"] = asyncio.run(_hammer(f"{base}/echo/status/x", args.seconds, args.clients))
+    server = None
+    report["backends"] = []
+    for backend in args.backend:
+        url = None
+        if backend == "postgresql":
+            from tests.postgres_server import PostgresServer
+
+            server = PostgresServer(free_port()).start()
+            url = server.new_database()
+        report["backends"].append(measure(base, backend, url, args))
+    if server is not None:
+        server.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=str))
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
