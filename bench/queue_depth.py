@@ -7,7 +7,7 @@ Usage: python bench/queue_depth.py [--backend sqlite postgresql] [--queued 10000
 On a local Ray cluster with one ti2v-5b-tiny generator and ``max_queued_jobs`` 20000, for each job
 store backend:
 
-1. one long job runs (500 denoising steps), so the queue does not drain;
+1. one long job runs (500 denoising steps of 17 frames), so the queue does not drain;
 2. status (GET /status/{id} of a queued job) from ``--clients`` concurrent clients for
    ``--seconds``: requests per second, p50 and p99 latency, with 0 jobs queued behind it;
 3. ``--queued`` jobs are written to the job store and the router restarted, so it reloads them as
@@ -114,9 +114,9 @@ def _deploy(base: str, name: str, data_dir: Path, job_store_url: str | None, max
 def _wait(client: httpx.Client, job_id: str, until, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        s = client.get(f"/status/{job_id}").json()
-        if until(s):
-            return s
+        r = client.get(f"/status/{job_id}")
+        if r.status_code < 500 and until(r.json()):  # 5xx while a router restarts
+            return r.json()
         time.sleep(0.02)
     raise TimeoutError(job_id)
 
@@ -146,7 +146,7 @@ def measure(base: str, backend: str, store_url: str | None, args) -> dict:
         out["overhead_ms_median"] = round(1000 * statistics.median(overheads), 1)
         long_job = client.post(
             "/generate",
-            json={"prompt": "the long one", "size": "1280x720", "num_frames": 1, "num_inference_steps": 500},
+            json={"prompt": "the long one", "size": "1280x720", "num_frames": 17, "num_inference_steps": 500},
         ).json()["id"]
         _wait(client, long_job, lambda s: s["status"] == "running")
         probe = client.post("/generate", json={"prompt": "probe", **fast}).json()["id"]
@@ -160,8 +160,14 @@ def measure(base: str, backend: str, store_url: str | None, args) -> dict:
         out["queued_insert_seconds"] = round(time.perf_counter() - t0, 1)
         store.close()
         _kill_router(f"q{backend}")
-        _wait(client, probe, lambda s: s.get("queue_position") is not None, timeout=300)
-        depth = client.get("/variants").json()["variants"][0]["queued"]
+        t0, depth = time.perf_counter(), 0
+        while depth < args.queued:  # the new router has reloaded the queue from the store
+            time.sleep(0.5)
+            r = client.get("/variants")
+            depth = r.json()["variants"][0]["queued"] if r.status_code == 200 else 0
+            if time.perf_counter() - t0 > 600:
+                raise TimeoutError(f"the router reloaded {depth} of {args.queued} jobs")
+        out["router_reload_seconds"] = round(time.perf_counter() - t0, 1)
         out["queued"] = depth
         out[f"status_queue_{args.queued}"] = asyncio.run(_hammer(f"{url}/status/{probe}", args.seconds, args.clients))
         out["submits"] = asyncio.run(
