@@ -173,7 +173,14 @@ class GenerationRunner:
             wait_ranks()
         return frames
 
-    def _run(self, params, on_progress, cancel, inputs, on_step) -> np.ndarray:
+    def _run(
+        self,
+        params: GenerationParams,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        inputs: PreparedInputs | None,
+        on_step: Callable[[int], None] | None,
+    ) -> np.ndarray:
         report = on_progress or (lambda *a: None)
         cancel = cancel or threading.Event()
         pipe, media = self._pipeline_and_inputs(params, inputs)
@@ -231,7 +238,7 @@ class GenerationRunner:
         # 2. Denoise and decode, reporting after every step.
         started = time.perf_counter()
 
-        def on_step_end(_pipe, i, _t, callback_kwargs):
+        def on_step_end(_pipe: Any, i: int, _t: Any, callback_kwargs: dict) -> dict:
             done = i + 1
             step_seconds = (time.perf_counter() - started) / done
             report(Phase.denoising, done, total, step_seconds)

@@ -95,4 +95,8 @@ class RankWorkers:
     def fan_out(self, params: GenerationParams, inputs: PreparedInputs | None) -> Callable[[], None]:
         """Start ``params`` on every other rank; the returned function waits for them."""
         refs = [a.run.remote(params, inputs) for a in self.actors]
-        return lambda: ray.get(refs) and None
+
+        def wait() -> None:
+            ray.get(refs)
+
+        return wait
