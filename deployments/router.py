@@ -25,14 +25,12 @@ from deployments.replica_status import GENERATOR_STATUS_POLL_S, GeneratorWatch, 
 from deployments.router_config import RouterConfig
 from deployments.router_health import RouterHealth
 from jobs.engine import JobEngine
-from jobs.events import EventBatch
 from jobs.files import ResultFiles
 from jobs.metrics import JobMetrics
 from jobs.model import JobResult, JobSpec, JobStatus, JobView, ProgressEvent
 from jobs.objects import ObjectStore
 from jobs.ownership import OPEN, Caller
 from jobs.store import SqlJobStore
-from webhooks.model import WebhookMessage
 from webhooks.sender import WebhookSender
 from webhooks.store import WebhookStore
 
@@ -193,10 +191,6 @@ class Router:
         """How many API keys are live, or were ever made (KeyStore.count)."""
         return await asyncio.to_thread(self.keys.count, include_revoked)
 
-    async def find_idempotent(self, key: str, request_hash: str, caller: Caller = OPEN) -> JobView | None:
-        """See JobEngine.find_idempotent."""
-        return self.engine.find_idempotent(key, request_hash, caller)
-
     async def submit(
         self,
         spec: JobSpec,
@@ -216,28 +210,6 @@ class Router:
         view = self.engine.submit(spec, precheck=self._precheck, discard_on_refusal=True, caller=caller)
         self._wake.set()
         return view
-
-    async def status(self, job_id: str, caller: Caller = OPEN) -> JobView:
-        """The job with its queue position and ETA. Raises JobNotFound."""
-        return self.engine.status(job_id, caller)
-
-    async def page(
-        self, after: str | None, limit: int, descending: bool, caller: Caller = OPEN
-    ) -> tuple[list[JobView], bool]:
-        """See JobEngine.page."""
-        return self.engine.page(after, limit, descending, caller)
-
-    async def load(self) -> dict[str, dict[str, int]]:
-        """See JobEngine.load."""
-        return self.engine.load()
-
-    async def lookup(self, prompt: str, caller: Caller = OPEN) -> JobView:
-        """See JobEngine.lookup."""
-        return self.engine.lookup(prompt, caller)
-
-    async def events(self, job_id: str, after: int = 0, timeout_s: float = 15.0, caller: Caller = OPEN) -> EventBatch:
-        """See JobEngine.events."""
-        return await self.engine.events(job_id, after, timeout_s, caller)
 
     async def cancel(self, job_id: str, caller: Caller = OPEN) -> JobView:
         """Cancel a queued or running job; it ends ``canceled`` and writes no file.
@@ -265,12 +237,6 @@ class Router:
         """See JobEngine.delete_jobs (which cancels through this router)."""
         return await self.engine.delete_jobs(ids, status, all_jobs, delete_files, cancel=self.cancel, caller=caller)
 
-    async def videos(
-        self, after: str | None = None, limit: int = 100, caller: Caller = OPEN
-    ) -> tuple[list[JobView], bool]:
-        """A page of successful jobs whose file still exists, oldest first (JobEngine.videos)."""
-        return self.engine.videos(after, limit, caller)
-
     async def delete_videos(
         self,
         filenames: list[str] | None = None,
@@ -280,15 +246,6 @@ class Router:
     ) -> dict:
         """Delete result files (the jobs stay, marked file_deleted). Returns ``{"files_deleted": [...]}``."""
         return {"files_deleted": self.engine.delete_videos(filenames, ids, all_videos, caller)}
-
-    async def check_file(self, filename: str, caller: Caller = OPEN) -> str:
-        """``filename`` when this service wrote it for ``caller`` and it still exists. Raises FileNotFoundForJob."""
-        return self.engine.check_file(filename, caller)
-
-    async def webhook_deliveries(self, job_id: str, caller: Caller = OPEN) -> list[WebhookMessage]:
-        """The job's webhook messages, oldest first, each with every delivery attempt. Raises JobNotFound."""
-        self.engine.status(job_id, caller)
-        return self.webhook_store.webhook_messages(job_id)
 
     async def purge(self) -> dict:
         """Apply retention now (JobEngine.purge)."""

@@ -62,11 +62,19 @@ class DataLayout(BaseModel):
         return self.data_dir / "webhook_secret"
 
 
+#: The most ``max_queued_jobs`` may be: a queue move's event id counts the places a job moved up
+#: below the next stored event's (jobs/events.py EVENT_ID_SPAN).
+MAX_QUEUED_JOBS = 999_999
+
+
 class QueuePolicy(BaseModel):
     """How many jobs wait, how often one is tried, and what happens to jobs of a variant that cannot start."""
 
     max_queued_jobs: int = Field(
-        default=64, ge=0, description="Waiting jobs allowed before POST answers 429 (backpressure)."
+        default=64,
+        ge=0,
+        le=MAX_QUEUED_JOBS,
+        description="Waiting jobs allowed before POST answers 429 (backpressure).",
     )
     max_attempts: int = Field(
         default=3,

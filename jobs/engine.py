@@ -23,10 +23,7 @@ from jobs.circuit_breaker import CircuitBreaker, CircuitConfig
 from jobs.config import QueuePolicy, RetentionPolicy
 from jobs.errors import (
     FilenameTaken,
-    FileNotFoundForJob,
-    IdempotencyConflict,
     JobCanceled,
-    JobNotFound,
     ModelUnavailable,
     QueueFull,
     QuotaExceeded,
@@ -34,8 +31,7 @@ from jobs.errors import (
     ValidationFailed,
     VariantNotDeployed,
 )
-from jobs.eta import queued_eta_s, running_remaining_s
-from jobs.events import EventBatch, EventLogs, JobEvent
+from jobs.events import EventBatch, JobEvent
 from jobs.failures import FailureAction, classify_failure
 from jobs.filenames import default_name_job
 from jobs.files import ResultFiles
@@ -44,6 +40,7 @@ from jobs.metrics import JobMetrics
 from jobs.model import JobRecord, JobResult, JobSpec, JobStatus, JobView, Phase, ProgressEvent
 from jobs.ownership import OPEN, QUOTA_WINDOW_S, Caller, Quotas
 from jobs.queue import JobQueue
+from jobs.reader import EventWatch, JobReader, scoped_key
 from jobs.retention import expired_jobs, files_over_cap
 from jobs.store import JobStore
 
@@ -132,7 +129,10 @@ class JobEngine:
         self.clock, self.monotonic = clock, monotonic
         self.queue = JobQueue()
         self.running: dict[str, RunningJob] = {}
-        self.logs = EventLogs()
+        self.reader = JobReader(store, files, lambda variant: config.slots.get(variant, 1), clock)
+        self._watch: EventWatch | None = None
+        self._last_events: dict[str, JobEvent] = {}  # running job -> its newest stored event
+        self._rotations: dict[str, list[str] | None] = {}  # variant -> the lane rotation stored (None: unknown)
         self.breakers = {v: CircuitBreaker(config.circuit_breaker) for v in config.slots}
         self._paused_until: dict[str, float] = {}
         self.generation: int | None = None  # of the store's lease, taken by recover()
@@ -164,6 +164,11 @@ class JobEngine:
                 self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
         for rec in self.store.by_status([JobStatus.queued]):
             self.queue.push(rec.id, rec.variant, rec.owner)
+            if self.store.last_event(rec.id) is None:  # stored before events were
+                self.store.append_event(rec.id, JobEvent.of(self.view(rec)))
+        for variant in self.config.slots:
+            self._rotations[variant] = None  # a previous router's may be stored: store this one's
+            self._sync_rotation(variant)
         for owner, created in self.store.submitted_since(self.clock() - QUOTA_WINDOW_S):
             self._submitted.setdefault(owner, deque()).append(created)
 
@@ -171,69 +176,32 @@ class JobEngine:
 
     def _get(self, job_id: str, caller: Caller = OPEN) -> JobRecord:
         """The job, if ``caller`` may see it. Raises JobNotFound (the same for another key's job)."""
-        rec = self.store.get(job_id)
-        if rec is None or not caller.sees(rec.owner):
-            raise JobNotFound(f"no job with id {job_id!r}")
-        return rec
-
-    def _remaining_s(self, rec: JobRecord) -> float | None:
-        return running_remaining_s(
-            now=self.clock(),
-            started_at=rec.started_at,
-            step=rec.step,
-            total_steps=rec.total_steps,
-            step_seconds=rec.step_seconds,
-            avg_job_s=self.store.avg_job_seconds(rec.variant),
-        )
+        return self.reader.get(job_id, caller)
 
     def _running_of(self, variant: str) -> list[RunningJob]:
         return [r for r in self.running.values() if r.spec.variant == variant]
 
     def view(self, rec: JobRecord) -> JobView:
-        """``rec`` as callers see it, with its live queue position and ETA."""
-        if rec.status == JobStatus.running and rec.id in self.running:
-            return JobView.of(rec, eta_seconds=self._remaining_s(rec))
-        position = self.queue.position(rec.id) if rec.status == JobStatus.queued else None
-        if position is None:
-            return JobView.of(rec)
-        running = [self.store.get(r.spec.id) for r in self._running_of(rec.variant)]
-        eta = queued_eta_s(
-            position=position,
-            slots=self.config.slots.get(rec.variant, 1),
-            avg_job_s=self.store.avg_job_seconds(rec.variant),
-            running_left_s=[(self._remaining_s(r) or 0.0) if r else 0.0 for r in running],
-        )
-        return JobView.of(rec, queue_position=position, eta_seconds=eta)
+        """``rec`` as callers see it, with its queue position and ETA (JobReader.view)."""
+        return self.reader.view(rec)
 
     def status(self, job_id: str, caller: Caller = OPEN) -> JobView:
         """Raises JobNotFound."""
-        return self.view(self._get(job_id, caller))
+        return self.reader.status(job_id, caller)
 
     def page(
         self, after: str | None, limit: int, descending: bool, caller: Caller = OPEN
     ) -> tuple[list[JobView], bool]:
-        """A page of the caller's jobs in submission order (newest first when ``descending``) and
-        whether more follow.
-
-        Raises:
-            JobNotFound: ``after`` names no job of the caller's.
-        """
-        try:
-            records, more = self.store.page(after, limit, descending, caller.scope)
-        except KeyError:
-            raise JobNotFound(f"no job with id {after!r} to list after") from None
-        return [self.view(r) for r in records], more
+        """See JobReader.page."""
+        return self.reader.page(after, limit, descending, caller)
 
     def load(self) -> dict[str, dict[str, int]]:
         """Per configured variant: ``{"queued": jobs waiting, "running": jobs on a generator}``."""
         return {v: {"queued": self.queue.depth(v), "running": len(self._running_of(v))} for v in self.config.slots}
 
     def lookup(self, prompt: str, caller: Caller = OPEN) -> JobView:
-        """The caller's newest job submitted with exactly ``prompt``. Raises JobNotFound."""
-        rec = self.store.newest_with_prompt(prompt, caller.scope)
-        if rec is None:
-            raise JobNotFound("no job has that prompt")
-        return self.view(rec)
+        """See JobReader.lookup."""
+        return self.reader.lookup(prompt, caller)
 
     # ---- changes and their events -------------------------------------------------------------
 
@@ -245,52 +213,48 @@ class JobEngine:
             rec = self.store.update(job_id, **fields)
             if rec is None:
                 return None
-            event = JobEvent.of(self.view(rec))
+            event = self._store_event(rec)
             for observer in self.observers:
                 observer.job_changed(rec, event)
-        self.logs.record(rec.id, event)
+        if rec.status == JobStatus.running:
+            self._last_events[rec.id] = event
+        else:
+            self._last_events.pop(rec.id, None)
         if self.metrics is not None:
             self.metrics.recorded(rec, event)
         return rec
 
-    def _snapshot(self, job_id: str) -> JobEvent | None:
-        rec = self.store.get(job_id)
-        return JobEvent.of(self.view(rec)) if rec is not None else None
+    def _store_event(self, rec: JobRecord) -> JobEvent:
+        """The event of ``rec``'s state, stored unless a listener would see nothing new in it (the
+        job's newest stored event then, numbered). Call inside the write's transaction."""
+        event = JobEvent.of(self.view(rec))
+        last = self._last_events.get(rec.id)
+        if last is not None and last.same_state(event):
+            return last
+        return self.store.append_event(rec.id, event)
 
     async def events(self, job_id: str, after: int = 0, timeout_s: float = 15.0, caller: Caller = OPEN) -> EventBatch:
         """Events of ``job_id`` after id ``after``, waiting up to ``timeout_s`` seconds for one
-        (jobs/events.py). Raises JobNotFound."""
-        rec = self._get(job_id, caller)
-        if job_id not in self.logs:
-            self.logs.open(job_id, JobEvent.of(self.view(rec)))
-        try:
-            return await self.logs.wait_after(job_id, after, timeout_s, lambda: self._snapshot(job_id))
-        except KeyError:
-            raise JobNotFound(f"no job with id {job_id!r}") from None
+        (jobs/reader.py EventWatch). Raises JobNotFound."""
+        if self._watch is None:
+            self._watch = EventWatch(self.reader)
+        return await self._watch.wait(job_id, after, timeout_s, caller)
+
+    def _sync_rotation(self, variant: str) -> None:
+        """Store ``variant``'s lane rotation when it changed and matters to a reader's queue
+        positions (two lanes or more, now or as last stored): one key alone writes nothing."""
+        lanes = self.queue.rotation(variant)
+        stored = self._rotations.get(variant, [])
+        if stored is None or (lanes != stored and (len(lanes) > 1 or len(stored) > 1)):
+            self._rotations[variant] = None  # until the write below commits
+            self.store.set_rotation(variant, lanes)
+            self._rotations[variant] = lanes
 
     # ---- submit -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _scoped_key(key: str, owner: str | None) -> str:
-        """The stored form of an Idempotency-Key: each API key has its own space of them."""
-        return key if owner is None else f"{owner}:{key}"
-
     def find_idempotent(self, key: str, request_hash: str, caller: Caller = OPEN) -> JobView | None:
-        """The job the caller submitted earlier with Idempotency-Key ``key``, or None.
-
-        Raises:
-            IdempotencyConflict: ``key`` came with a different request.
-        """
-        rec = self.store.by_idempotency_key(self._scoped_key(key, caller.key_id))
-        if rec is None:
-            return None
-        if rec.request_hash != request_hash:
-            raise IdempotencyConflict(
-                f"Idempotency-Key {key!r} was used for a different request (job {rec.id}); use a new key "
-                "for a new request",
-                field="Idempotency-Key",
-            )
-        return self.view(rec).model_copy(update={"replayed": True})
+        """See JobReader.find_idempotent."""
+        return self.reader.find_idempotent(key, request_hash, caller)
 
     def submit(
         self,
@@ -341,7 +305,7 @@ class JobEngine:
             earlier = self.find_idempotent(idempotency_key, request_hash or "", caller)
             if earlier is not None:
                 return earlier
-            idempotency_key = self._scoped_key(idempotency_key, caller.key_id)
+            idempotency_key = scoped_key(idempotency_key, caller.key_id)
         if precheck is not None:
             precheck(spec)
         self._check_quotas(spec, caller)
@@ -363,11 +327,18 @@ class JobEngine:
             )
         if spec.filename and (self.store.filename_owner(spec.filename) or self.files.exists(spec.filename)):
             raise FilenameTaken(f"filename {spec.filename!r} is already used by another job; choose another name")
-        rec = self.store.insert(spec, idempotency_key, request_hash or None, created_at=self.clock())
-        self.queue.push(spec.id, spec.variant, spec.owner)
+        with self.store.transaction():  # the job and its first event: one commit
+            rec = self.store.insert(spec, idempotency_key, request_hash or None, created_at=self.clock())
+            self.queue.push(spec.id, spec.variant, spec.owner)
+            try:
+                self._sync_rotation(spec.variant)
+                view = self.view(rec)
+                self.store.append_event(rec.id, JobEvent.of(view))
+            except BaseException:
+                self.queue.remove(spec.id)  # rolled back with the insert, and the rotation with it
+                self._rotations[spec.variant] = None
+                raise
         self._submitted.setdefault(spec.owner, deque()).append(rec.created_at)
-        view = self.view(rec)
-        self.logs.open(rec.id, JobEvent.of(view))
         if self.metrics is not None:
             self.metrics.submitted(rec)
         return view
@@ -484,9 +455,7 @@ class JobEngine:
                 breaker.started()
                 self.running[job_id] = RunningJob(rec.spec)
                 started.append(rec.spec)
-                for waiting in self.queue.of(variant):  # everyone behind it moved up one place
-                    if waiting in self.logs and (event := self._snapshot(waiting)) is not None:
-                        self.logs.record(waiting, event)
+            self._sync_rotation(variant)
 
     def start(self, job_id: str) -> None:
         """The job's generator call is about to be made: it is running, one more attempt."""
@@ -576,6 +545,7 @@ class JobEngine:
         variant's dispatch pauses ``pause_s`` seconds, so a failing store is not hammered."""
         run = self.running[job_id]
         self.queue.push(job_id, run.spec.variant, run.spec.owner, front=True)
+        self._sync_rotation(run.spec.variant)
         self._paused_until[run.spec.variant] = self.monotonic() + pause_s
         self._update(job_id, status=JobStatus.queued, phase=None, step=0, attempts=max(run.attempts - 1, 0))
 
@@ -583,6 +553,7 @@ class JobEngine:
         """Put a job that was running back at the front of its queue: it was the oldest of its
         variant when it started."""
         self.queue.push(spec.id, spec.variant, spec.owner, front=True)
+        self._sync_rotation(spec.variant)
         self._update(spec.id, status=JobStatus.queued, phase=None, step=0)
 
     def finish(self, job_id: str) -> float | None:
@@ -613,6 +584,7 @@ class JobEngine:
             breaker.failed(STREAM_ENDED)
         elif rec is not None and rec.status == JobStatus.queued and job_id not in self.queue:
             self.queue.push(job_id, run.spec.variant, run.spec.owner, front=True)
+            self._sync_rotation(run.spec.variant)
         if run.canceled:
             breaker.neutral()
             self.remove_result(rec or self._get(job_id), run)
@@ -664,6 +636,7 @@ class JobEngine:
             finished_at=self.clock(),
         )
         if self.queue.remove(job_id):
+            self._sync_rotation(rec.variant)
             remove_inputs(rec.spec.inputs, self.objects)
         run = self.running.get(job_id)
         if run is not None:
@@ -736,17 +709,8 @@ class JobEngine:
     # ---- result files -------------------------------------------------------------------------
 
     def videos(self, after: str | None = None, limit: int = 100, caller: Caller = OPEN) -> tuple[list[JobView], bool]:
-        """A page of the caller's successful jobs whose file exists, oldest first, after job
-        ``after``, and whether more follow.
-
-        Raises:
-            JobNotFound: ``after`` is not one of them.
-        """
-        try:
-            records, more = self.store.videos_page(after, limit, caller.scope)
-        except KeyError:
-            raise JobNotFound(f"no video of job {after!r} to list after") from None
-        return [self.view(r) for r in records if self.files.exists(r.filename)], more
+        """See JobReader.videos."""
+        return self.reader.videos(after, limit, caller)
 
     def delete_videos(
         self, filenames: list[str] | None, ids: list[str] | None, all_videos: bool, caller: Caller = OPEN
@@ -759,20 +723,8 @@ class JobEngine:
         return [r.filename for r in recs if self._delete_file(r) and r.filename]
 
     def check_file(self, filename: str, caller: Caller = OPEN) -> str:
-        """``filename`` when it is the result file of a successful job of the caller's and still exists.
-
-        Raises:
-            FileNotFoundForJob: otherwise (the same for another key's file).
-        """
-        rec = self.store.filename_owner(filename)
-        if (
-            rec is None
-            or not caller.sees(rec.owner)
-            or rec.status != JobStatus.success
-            or not self.files.exists(filename)
-        ):
-            raise FileNotFoundForJob(f"no video named {filename!r}; GET /videos lists them")
-        return filename
+        """See JobReader.check_file."""
+        return self.reader.check_file(filename, caller)
 
     def purge(self) -> dict[str, list[str]]:
         """Apply retention now: remove jobs that ended more than ``retention_days`` ago (rows, files,
@@ -785,7 +737,6 @@ class JobEngine:
             if rec.has_file and rec.filename and self.files.remove(rec.filename):
                 files_deleted.append(rec.filename)
             remove_inputs(rec.spec.inputs, self.objects)
-            self.logs.drop(rec.id)
         if old:
             self._forget([r.id for r in old])
         for rec in files_over_cap(self.store, self.files, policy):

@@ -107,6 +107,11 @@ class JobQueue:
             cached = self._order[variant] = {job_id: n for n, job_id in enumerate(order)}
         return cached
 
+    def rotation(self, variant: str) -> list[str]:
+        """The owners of ``variant``'s lanes in the order they take turns, the next first ("" for
+        jobs without an owner)."""
+        return list(self._lanes.get(variant, {}))
+
     def depth(self, variant: str) -> int:
         """How many jobs of ``variant`` are queued."""
         return sum(len(lane) for lane in self._lanes.get(variant, {}).values())

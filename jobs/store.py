@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, text
 
 from jobs.database import Database, Fenced, StoreHooks
+from jobs.events import EVENT_ID_SPAN, JobEvent
 from jobs.model import JobRecord, JobSpec, JobStatus
 
 __all__ = ["ETA_EMA_ALPHA", "Database", "Fenced", "JobStore", "SqlJobStore", "StoreHooks"]
@@ -57,6 +58,14 @@ class JobStore(Protocol):
     def delete(self, ids: Iterable[str]) -> None: ...
     def avg_job_seconds(self, variant: str) -> float | None: ...
     def record_job_seconds(self, variant: str, seconds: float) -> None: ...
+    def append_event(self, job_id: str, event: JobEvent) -> JobEvent: ...
+    def last_event(self, job_id: str) -> JobEvent | None: ...
+    def events_after(self, job_id: str, n: int) -> list[JobEvent]: ...
+    def event_counts(self, job_ids: Iterable[str]) -> dict[str, int]: ...
+    def set_rotation(self, variant: str, lanes: list[str]) -> None: ...
+    def queue_position(self, rec: JobRecord) -> int | None: ...
+    def running_of(self, variant: str) -> list[JobRecord]: ...
+    def counts(self) -> dict[str, dict[str, int]]: ...
     def transaction(self) -> AbstractContextManager[Any]: ...
     def claim_lease(self) -> int: ...
     def holds_lease(self) -> bool: ...
@@ -276,9 +285,11 @@ class SqlJobStore:
         if not ids:
             return
         with self.db.write("delete", {"ids": ids}) as c:
-            c.execute(
-                text("DELETE FROM jobs WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)), {"ids": ids}
-            )
+            for table, column in (("job_events", "job_id"), ("jobs", "id")):
+                c.execute(
+                    text(f"DELETE FROM {table} WHERE {column} IN :ids").bindparams(bindparam("ids", expanding=True)),
+                    {"ids": ids},
+                )
 
     def avg_job_seconds(self, variant: str) -> float | None:
         """Moving average of recent job durations (dispatch to file written) for ``variant``, seconds."""
@@ -299,3 +310,123 @@ class SqlJobStore:
                 ),
                 {"variant": variant, "seconds": seconds, "alpha": ETA_EMA_ALPHA},
             )
+
+    # ---- progress events ------------------------------------------------------------------------
+
+    @staticmethod
+    def _event(n: int, data: str) -> JobEvent:
+        return JobEvent.model_validate_json(data).model_copy(update={"id": n * EVENT_ID_SPAN})
+
+    def append_event(self, job_id: str, event: JobEvent) -> JobEvent:
+        """Store ``event`` as the job's next one (n = 1, 2, ...) and return it with its id
+        (``n * EVENT_ID_SPAN``, jobs/events.py). Raises Fenced: a newer router holds the lease."""
+        data = event.model_copy(update={"id": 0}).model_dump_json()
+        with self.db.write("append_event", {"id": job_id}) as c:
+            n = c.execute(
+                text(
+                    "INSERT INTO job_events (job_id, n, data) SELECT :job_id, COALESCE(MAX(n), 0) + 1, :data "
+                    "FROM job_events WHERE job_id = :job_id RETURNING n"
+                ),
+                {"job_id": job_id, "data": data},
+            ).scalar_one()
+        return event.model_copy(update={"id": n * EVENT_ID_SPAN})
+
+    def last_event(self, job_id: str) -> JobEvent | None:
+        """The job's newest stored event, or None when it has none (a job stored before events were)."""
+        row = self.db.execute(
+            "SELECT n, data FROM job_events WHERE job_id = :job_id ORDER BY n DESC LIMIT 1", {"job_id": job_id}
+        ).fetchone()
+        return self._event(row[0], row[1]) if row is not None else None
+
+    def events_after(self, job_id: str, n: int) -> list[JobEvent]:
+        """The job's stored events numbered above ``n``, oldest first."""
+        rows = self.db.execute(
+            "SELECT n, data FROM job_events WHERE job_id = :job_id AND n > :n ORDER BY n", {"job_id": job_id, "n": n}
+        ).fetchall()
+        return [self._event(r[0], r[1]) for r in rows]
+
+    def event_counts(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """Job id -> its number of stored events (jobs without any are left out); one query."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        statement = text("SELECT job_id, MAX(n) FROM job_events WHERE job_id IN :ids GROUP BY job_id").bindparams(
+            bindparam("ids", expanding=True)
+        )
+        with self.db.cursor() as c:
+            return {row[0]: row[1] for row in c.execute(statement, {"ids": ids})}
+
+    # ---- the queue, as readers see it -----------------------------------------------------------
+
+    def set_rotation(self, variant: str, lanes: list[str]) -> None:
+        """Store the order in which ``variant``'s lanes take turns (jobs/queue.py ``JobQueue.rotation``:
+        owners, "" for jobs without one; the next first). Raises Fenced."""
+        with self.db.write("set_rotation", {"variant": variant}) as c:
+            c.execute(text("DELETE FROM queue_rotation WHERE variant = :variant"), {"variant": variant})
+            if lanes:
+                c.execute(
+                    text("INSERT INTO queue_rotation (variant, turn, owner) VALUES (:variant, :turn, :owner)"),
+                    [{"variant": variant, "turn": n, "owner": lane} for n, lane in enumerate(lanes)],
+                )
+
+    def queue_position(self, rec: JobRecord) -> int | None:
+        """1 for the queued job of its variant that starts next, 2 for the one after, ...; None when
+        ``rec`` is not queued. The same order as the router's queue (jobs/queue.py): each key's lane
+        in FIFO order, the lanes taking turns in the stored rotation (lanes it does not list after
+        those it does, oldest first). Reads indexed counts, not the queue itself."""
+        if rec.status != JobStatus.queued:
+            return None
+        queued = {"status": JobStatus.queued.value, "variant": rec.variant}
+        with self.db.cursor() as c:
+            lanes = c.execute(
+                text(
+                    "SELECT COALESCE(owner, ''), COUNT(*), MIN(seq) FROM jobs WHERE status = :status "
+                    "AND variant = :variant GROUP BY owner"
+                ),
+                queued,
+            ).fetchall()
+            mine = rec.owner or ""
+            same_owner = "owner IS NULL" if rec.owner is None else "owner = :owner"
+            rank = c.execute(
+                text(
+                    f"SELECT COUNT(*) FROM jobs WHERE status = :status AND variant = :variant AND {same_owner} "
+                    "AND seq <= :seq"
+                ),
+                {**queued, "owner": rec.owner, "seq": rec.seq},
+            ).scalar_one()
+            if rank == 0:  # dispatched or canceled since it was read
+                return None
+            if len(lanes) < 2:
+                return rank
+            turns: dict[str, int] = dict(
+                c.execute(
+                    text("SELECT owner, turn FROM queue_rotation WHERE variant = :variant"), {"variant": rec.variant}
+                ).fetchall()
+            )
+        order = sorted(lanes, key=lambda lane: (turns.get(lane[0], len(turns)), lane[2]))
+        before = True
+        position = rank
+        for lane, count, _ in order:
+            if lane == mine:
+                before = False
+                continue
+            position += min(count, rank if before else rank - 1)
+        return position
+
+    def running_of(self, variant: str) -> list[JobRecord]:
+        """Running jobs of ``variant``, oldest first."""
+        return self._rows(
+            "SELECT * FROM jobs WHERE status = :status AND variant = :variant ORDER BY seq",
+            {"status": JobStatus.running.value, "variant": variant},
+        )
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per variant with jobs queued or running: ``{"queued": n, "running": n}``."""
+        rows = self.db.execute(
+            "SELECT variant, status, COUNT(*) FROM jobs WHERE status IN (:queued, :running) GROUP BY variant, status",
+            {"queued": JobStatus.queued.value, "running": JobStatus.running.value},
+        ).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for variant, status, count in rows:
+            out.setdefault(variant, {"queued": 0, "running": 0})[status] = count
+        return out

@@ -200,11 +200,12 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     control = (
         {"ray_actor_options": {"num_cpus": 0, "resources": args.control_resources}} if args.control_resources else {}
     )
+    job_store_url = args.job_store_url or settings.database_url or SecretStr(str(layout.jobs_db))
     router = Router.options(**control).bind(  # type: ignore[attr-defined]
         config=RouterConfig(
             layout=layout,
             storage_url=storage_url,
-            job_store_url=args.job_store_url or settings.database_url or SecretStr(str(layout.jobs_db)),
+            job_store_url=job_store_url,
             engine=engine,
             webhooks=args.webhooks,
             webhook_secret=secret,
@@ -230,4 +231,5 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         image_wait_s=args.image_wait_s,
         storage_url=storage_url,
         downloads=args.downloads,
+        job_store_url=job_store_url,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from pydantic import SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -35,6 +36,7 @@ from serve_app.generate.serving import JobService
 from serve_app.images import routes as images_routes
 from serve_app.images.routes import ImagesRoutes
 from serve_app.images.serving import DEFAULT_IMAGE_WAIT_S, ImagesService
+from serve_app.job_reads import JobReads
 from serve_app.studio import routes as studio_routes
 from serve_app.studio.routes import StudioRoutes
 from serve_app.variants import routes as variants_routes
@@ -123,7 +125,8 @@ def serve_listen_host() -> str:
 @serve.deployment(max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, HealthRoutes, StudioRoutes):
-    """Validates requests, forwards them to the router, serves result files and the web studio.
+    """Validates requests, reads jobs from the job store, forwards changes to the router, serves
+    result files and the web studio.
 
     Args:
         router: the router deployment's handle.
@@ -131,6 +134,8 @@ class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, Health
         layout: the data folder.
         storage_url: the object store of inputs and results (jobs/objects.py); None: the data folder.
         downloads: how results are downloaded from a bucket: proxy or presigned (serve_app/downloads.py).
+        job_store_url: the job store's database, which this replica reads (serve_app/job_reads.py);
+            None: the SQLite file in the data folder.
         webhook_allow_networks: networks the webhook SSRF guard admits; webhook_allow_ports the
             ports it admits for public receivers (default 80, 443).
         retention_days: sets ``expires_at`` of /v1/videos objects; None: kept until deleted.
@@ -162,6 +167,7 @@ class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, Health
         image_wait_s: float = DEFAULT_IMAGE_WAIT_S,
         storage_url: str | None = None,
         downloads: str = "proxy",
+        job_store_url: SecretStr | None = None,
     ) -> None:
         self.router = router
         host = serve_listen_host()
@@ -176,6 +182,11 @@ class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, Health
         self.layout = layout
         self.objects = ObjectStore(storage_url or layout.data_dir)
         self.results = ResultFiles(self.objects)
+        self.reads = JobReads(
+            (job_store_url.get_secret_value() if job_store_url else None) or str(layout.jobs_db),
+            self.objects,
+            {name: cfg.deployment.num_replicas for name, cfg in variants.items()},
+        )
         self.downloads = downloads
         self.file_url_ttl_s = file_url_ttl_s
         store = StoreSettings(model_dir=Path(model_dir)) if model_dir else StoreSettings()
@@ -188,8 +199,9 @@ class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, Health
             store=store,
             webhook_allow_ports=webhook_allow_ports,
             signer=UrlSigner(url_signing_key, file_url_ttl_s) if url_signing_key else None,
+            reads=self.reads,
         )
         self.videos = VideosService(self.jobs, retention_days)
-        self.images = ImagesService(self.jobs, router, self.results, image_wait_s)
+        self.images = ImagesService(self.jobs, self.reads, self.results, image_wait_s)
         self.catalog = VariantsService(self.jobs, deployed_at=time.time())
         self.streams = StreamSlots(max_event_streams, max_event_streams_per_key)

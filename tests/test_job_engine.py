@@ -21,13 +21,14 @@ from jobs.errors import (
     unwrap,
 )
 from jobs.eta import queued_eta_s, running_remaining_s
-from jobs.events import JobEvent
+from jobs.events import EVENT_ID_SPAN
 from jobs.failures import FailureAction, classify_failure
 from jobs.files import ResultFiles
 from jobs.objects import ObjectStore
 from jobs.inputs import PreparedInputs
 from jobs.model import GenerationParams, JobResult, JobSpec, JobStatus, Phase, ProgressEvent
 from jobs.queue import JobQueue
+from jobs.reader import EventWatch, JobReader
 from jobs.store import SqlJobStore
 from model_store.variants import Size
 
@@ -98,6 +99,8 @@ def test_dispatch_takes_the_oldest_job_per_variant_one_per_slot(tmp_path):
     started = engine.dispatchable(lambda v: True)
     assert [s.id for s in started] == ["job0", "job2", "job1"]  # a's two slots, then b's one
     assert engine.dispatchable(lambda v: True) == []  # every slot is busy
+    for spec in started:  # as the router does before calling a generator
+        engine.start(spec.id)
     assert engine.status("job3").queue_position == 1 and engine.status("job4").queue_position == 1
     assert engine.dispatchable(lambda v: v != "a") == []  # a variant that is not ready keeps its jobs
 
@@ -143,49 +146,56 @@ def test_events_skip_repeats_number_in_order_and_resume(tmp_path):
 
     batch = asyncio.run(engine.events("job0", 0, 0.0))
     assert [(e.id, e.event, e.step) for e in batch.events] == [
-        (1, "queued", 0),
-        (2, "phase", 0),
-        (3, "step", 1),
-        (4, "step", 2),
-        (5, "terminal", 2),
+        (1 * EVENT_ID_SPAN, "queued", 0),
+        (2 * EVENT_ID_SPAN, "phase", 0),
+        (3 * EVENT_ID_SPAN, "step", 1),
+        (4 * EVENT_ID_SPAN, "step", 2),
+        (5 * EVENT_ID_SPAN, "terminal", 2),
     ]
     assert batch.done and batch.events[-1].filename == "a.mp4" and batch.events[-1].progress == 1.0
-    resumed = asyncio.run(engine.events("job0", 3, 0.0))
-    assert [e.id for e in resumed.events] == [4, 5] and resumed.done
+    resumed = asyncio.run(engine.events("job0", 3 * EVENT_ID_SPAN, 0.0))
+    assert [e.id for e in resumed.events] == [4 * EVENT_ID_SPAN, 5 * EVENT_ID_SPAN] and resumed.done
     assert "error" not in batch.events[0].as_dict() and batch.events[-1].as_dict()["error"] is None
     with pytest.raises(JobNotFound):
         asyncio.run(engine.events("nope", 0, 0.0))
+    # Another process's reader (an ingress replica: its own connection) replays the same events.
+    other = JobReader(SqlJobStore(tmp_path / "jobs.db"), engine.files, lambda v: 1)
+    assert other.events("job0", 0) == batch
 
 
-def test_a_listener_waits_for_the_next_event():
+def test_a_listener_waits_for_the_next_stored_event(tmp_path):
+    engine = _engine(tmp_path)
+    engine.submit(_spec(0, steps=2))
+    watch = EventWatch(JobReader(SqlJobStore(tmp_path / "jobs.db"), engine.files, lambda v: 1), poll_s=0.01)
+
     async def go():
-        from jobs.events import EventLogs
-
-        logs = EventLogs()
-        first = JobEvent(
-            event="queued",
-            status=JobStatus.queued,
-            phase=None,
-            step=0,
-            total_steps=2,
-            progress=0.0,
-            eta_seconds=None,
-            queue_position=1,
-        )
-        logs.open("j", first)
-        waiting = asyncio.create_task(logs.wait_after("j", 1, 5.0, lambda: None))
-        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(watch.wait("job0", EVENT_ID_SPAN, 5.0))
+        await asyncio.sleep(0.1)
         assert not waiting.done()
-        logs.record(
-            "j",
-            first.model_copy(
-                update={"event": "phase", "status": JobStatus.running, "phase": Phase.loading, "queue_position": None}
-            ),
-        )
+        (spec,) = engine.dispatchable(lambda v: True)
+        engine.start(spec.id)
         return await asyncio.wait_for(waiting, 1.0)
 
     batch = asyncio.run(go())
-    assert [(e.id, e.event) for e in batch.events] == [(2, "phase")] and not batch.done
+    assert [(e.id, e.event, e.phase) for e in batch.events] == [(2 * EVENT_ID_SPAN, "phase", Phase.loading)]
+    assert not batch.done
+
+
+def test_queue_moves_are_read_not_stored_and_their_ids_grow(tmp_path):
+    engine = _engine(tmp_path, slots={"a": 1, "b": 1})
+    for i in range(4):
+        engine.submit(_spec(i))
+    first = asyncio.run(engine.events("job3", 0, 0.0)).events
+    assert [(e.id, e.queue_position) for e in first] == [(EVENT_ID_SPAN, 4)]
+    for _ in range(2):  # two jobs ahead of job3 start and end
+        (spec,) = engine.dispatchable(lambda v: True)
+        engine.start(spec.id)
+        engine.succeeded(spec.id, _result(f"{spec.id}.mp4"))
+        engine.finish(spec.id)
+    moved = asyncio.run(engine.events("job3", EVENT_ID_SPAN, 0.0)).events
+    assert [(e.id, e.event, e.queue_position) for e in moved] == [(EVENT_ID_SPAN + 2, "queued", 2)]
+    assert asyncio.run(engine.events("job3", EVENT_ID_SPAN + 2, 0.0)).events == []  # nothing new since
+    assert engine.store.last_event("job3").id == EVENT_ID_SPAN  # moves are not stored
 
 
 def test_failure_classification():

@@ -11,7 +11,11 @@ from sqlalchemy.exc import IntegrityError
 
 from auth.keys import KeyStore
 from jobs.database import Fenced
+from jobs.events import EVENT_ID_SPAN, JobEvent
+from jobs.files import ResultFiles
 from jobs.model import GenerationParams, JobSpec, JobStatus
+from jobs.objects import ObjectStore
+from jobs.reader import JobReader
 from jobs.store import ETA_EMA_ALPHA
 from jobs.store import SqlJobStore as JobStore
 from model_store.variants import Size
@@ -158,11 +162,36 @@ def test_one_job_per_idempotency_key_when_two_writers_race(db_url):
     assert len(stores[0].all()) == 1 and stores[1].by_idempotency_key("owner:same-key") is not None
 
 
+def test_events_and_queue_positions_on_both_databases(db_url):
+    store = JobStore(db_url)
+    owners = ["A", "A", "B", None, "A"]
+    for i, owner in enumerate(owners):
+        store.insert(_spec(i).model_copy(update={"owner": owner}))
+    # One key's lane alone is FIFO; with three, they take turns in the stored rotation.
+    store.set_rotation("v", ["B", "", "A"])
+    positions = [store.queue_position(store.get(f"job{i}")) for i in range(5)]
+    assert positions == [3, 4, 1, 2, 5]  # B, none, A, then A's two more (the other lanes are done)
+    store.set_rotation("v", ["A", "B", ""])
+    assert [store.queue_position(store.get(f"job{i}")) for i in range(5)] == [1, 4, 2, 3, 5]
+    store.update("job0", status=JobStatus.running)
+    assert store.queue_position(store.get("job1")) == 1 and store.running_of("v")[0].id == "job0"
+    store.set_rotation("v", ["B", "", "A"])  # as the router stores it after A's turn
+    assert store.queue_position(store.get("job1")) == 3
+    assert store.counts() == {"v": {"queued": 4, "running": 1}}
+    queued = JobEvent(event="queued", status=JobStatus.queued, phase=None, step=0, total_steps=2, progress=0.0,
+                      eta_seconds=None, queue_position=1)
+    ids = [store.append_event("job0", queued).id, store.append_event("job0", queued).id]
+    assert ids == [EVENT_ID_SPAN, 2 * EVENT_ID_SPAN] and store.event_counts(["job0", "job1"]) == {"job0": 2}
+    assert [e.id for e in store.events_after("job0", 1)] == [2 * EVENT_ID_SPAN]
+    store.delete(["job0"])
+    assert store.last_event("job0") is None
+
+
 def test_a_job_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
     db = tmp_path / "jobs.db"
     shutil.copy(LEGACY, db)
     store = JobStore(db)
-    assert store.db.schema_version == "0001" and "alembic_version" in store.db.tables
+    assert store.db.schema_version == "0002" and "alembic_version" in store.db.tables
     # Every row of the old file, read by the current code.
     jobs = {r.id: r for r in store.all()}
     assert [r.id for r in store.all()] == ["legacy1", "legacy2", "legacy3"]
@@ -180,4 +209,9 @@ def test_a_job_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
     with pytest.raises(IntegrityError):
         store.insert(_spec(10), idempotency_key="idem-1")
     store.close()
-    assert JobStore(db).db.schema_version == "0001"  # opening again migrates nothing
+    assert JobStore(db).db.schema_version == "0002"  # opening again migrates nothing
+    # A job stored before events were has its state as its first event.
+    reader = JobReader(JobStore(db), ResultFiles(ObjectStore(tmp_path / "data")), lambda v: 1)
+    batch = reader.events("legacy1")
+    assert [(e.id, e.event, e.filename) for e in batch.events] == [(EVENT_ID_SPAN, "terminal", "legacy1.mp4")]
+    assert batch.done and reader.events("legacy1", EVENT_ID_SPAN).events == []

@@ -207,3 +207,31 @@ def test_queue_rotation_order_front_pushes_and_counts():
         q.pop("v", "a3")  # not first of its lane
     assert q.remove("a2") and not q.remove("a2")
     assert q.of("v") == ["a1", "c1", "b2", "a3"]
+
+
+def test_the_stores_queue_positions_match_the_routers_queue_across_keys(tmp_path):
+    """What an ingress reads (indexed counts and the stored rotation) is the router's dispatch order."""
+    engine = _engine(tmp_path, slots={"a": 1})
+    engine.recover()
+    owners = [A, A, B, OPEN, A, B, B, A, OPEN, A, B, A]
+    ids = [engine.submit(_spec(i), caller=who).id for i, who in enumerate(owners)]
+
+    def check() -> None:
+        queued = [j for j in ids if j in engine.queue]
+        assert [engine.store.queue_position(engine.store.get(j)) for j in queued] == [
+            engine.queue.position(j) for j in queued
+        ]
+        assert sorted(engine.queue.position(j) for j in queued) == list(range(1, len(queued) + 1))
+
+    check()
+    for n in range(5):  # dispatch, a hand-back to the front, a cancel: the rotation moves each time
+        (spec,) = engine.dispatchable(lambda v: True)
+        if n == 2:
+            engine.hand_back(spec.id, 0.0)
+            engine.finish(spec.id)
+            (spec,) = engine.dispatchable(lambda v: True)
+        _run_to_success(engine, spec.id, f"{spec.id}.mp4")
+        check()
+    engine.cancel(ids[6], B)
+    check()
+    assert engine.store.queue_position(engine.store.get(ids[0])) is None  # started long ago

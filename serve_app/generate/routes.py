@@ -1,6 +1,7 @@
 """Routes of the /generate API: submit, status, live progress, cancel, delete, files.
 
-Thin: each route reads its request and hands it to ``JobService`` (serving.py) or the router.
+Thin: each route reads its request and hands it to ``JobService`` (serving.py), the job store's
+reads (serve_app/job_reads.py) or, for changes, the router.
 ``GenerateRoutes`` is a base of the ingress deployment (serve_app/ingress.py), whose
 ``serve.ingress`` binds these methods to the replica.
 """
@@ -36,11 +37,12 @@ from serve_app.generate.protocol import (
     WebhookDeliveries,
 )
 from serve_app.generate.serving import JobService, idempotency
+from serve_app.job_reads import JobReads
 from serve_app.request_body import generate_openapi, read_generate_request
 
 router = APIRouter()
 
-#: Seconds one events call waits in the router for something new; an SSE keep-alive comment
+#: Seconds one events call waits for something new; an SSE keep-alive comment
 #: goes out after each empty wait, so proxies with idle timeouts of 30 s or more keep the stream.
 EVENTS_WAIT_S = 15.0
 #: WebSocket close code "Try Again Later" (RFC 6455 registry, IANA), for a refused stream.
@@ -67,11 +69,13 @@ def _split(csv: str | None) -> list[str]:
 
 
 class GenerateRoutes:
-    """The /generate family of routes. Needs ``router`` (the router's handle), ``jobs``, ``streams``
+    """The /generate family of routes. Needs ``router`` (the router's handle, for writes), ``reads``
+    (the job store's reads), ``jobs``, ``streams``
     (the replica's StreamSlots), and ``results``, ``downloads`` and ``file_url_ttl_s``
     (serve_app/downloads.py)."""
 
     router: Any
+    reads: JobReads
     jobs: JobService
     streams: StreamSlots
     results: ResultFiles
@@ -105,7 +109,7 @@ class GenerateRoutes:
     async def status(self, job_id: str, caller: Caller = CallerDep) -> JobStatusResponse:
         """Status, progress (0..1), ETA, and the file URL once done (signed: it works without a key
         until it expires)."""
-        return self.jobs.status(await self.router.status.remote(job_id, caller=caller))
+        return self.jobs.status(await self.reads.status(job_id, caller=caller))
 
     @router.get("/jobs", response_model=JobList, responses=ERROR_RESPONSES)
     async def list_jobs(
@@ -117,7 +121,7 @@ class GenerateRoutes:
     ) -> JobList:
         """The caller's jobs (an admin key's: every job), newest first by default, a page at a time
         (``has_more``, ``last_id``)."""
-        views, more = await self.router.page.remote(after, limit, order == "desc", caller=caller)
+        views, more = await self.reads.page(after, limit, order == "desc", caller=caller)
         data = [self.jobs.status(v) for v in views]
         return JobList(data=data, has_more=more, last_id=data[-1].id if data else None)
 
@@ -133,7 +137,7 @@ class GenerateRoutes:
         phase, step, terminal) and JSON ``data`` (status, phase, step, total_steps, progress,
         eta_seconds, queue_position). Reconnect with ``Last-Event-ID`` to resume after that event."""
         after = _last_event_id(request.headers.get("last-event-id"))
-        first = await self.router.events.remote(job_id, after, 0.0, caller=caller)  # 404 before the stream starts
+        first = await self.reads.events(job_id, after, 0.0, caller=caller)  # 404 before the stream starts
         hold = self.streams.acquire(caller.key_id)  # 429 past the replica's or the key's limit of open streams
 
         async def stream() -> AsyncIterator[str]:
@@ -147,7 +151,7 @@ class GenerateRoutes:
                         return
                     if not batch.events:
                         yield ": keep-alive\n\n"
-                    batch = await self.router.events.remote(job_id, seen, EVENTS_WAIT_S, caller=caller)
+                    batch = await self.reads.events(job_id, seen, EVENTS_WAIT_S, caller=caller)
             finally:
                 hold.release()
 
@@ -182,7 +186,7 @@ class GenerateRoutes:
         try:
             while True:
                 try:
-                    batch = await self.router.events.remote(job_id, after, EVENTS_WAIT_S, caller=caller)
+                    batch = await self.reads.events(job_id, after, EVENTS_WAIT_S, caller=caller)
                 except Exception as exc:
                     inner = unwrap(exc)
                     if isinstance(inner, JobNotFound):
@@ -203,15 +207,15 @@ class GenerateRoutes:
     @router.get("/jobs/{job_id}/webhooks", response_model=WebhookDeliveries, responses=ERROR_RESPONSES)
     async def webhook_deliveries(self, job_id: str, caller: Caller = CallerDep) -> WebhookDeliveries:
         """The job's webhook and every message sent for it, each with its delivery attempts."""
-        view = await self.router.status.remote(job_id, caller=caller)
-        return self.jobs.webhook_deliveries(view, await self.router.webhook_deliveries.remote(job_id, caller=caller))
+        view = await self.reads.status(job_id, caller=caller)
+        return self.jobs.webhook_deliveries(view, await self.reads.webhook_deliveries(job_id, caller=caller))
 
     @router.get("/jobs/lookup", response_model=JobStatusResponse, responses=ERROR_RESPONSES)
     async def lookup(
         self, prompt: str = Query(min_length=1, description="Exact prompt text."), caller: Caller = CallerDep
     ) -> JobStatusResponse:
         """The caller's newest job submitted with exactly this prompt."""
-        return self.jobs.status(await self.router.lookup.remote(prompt, caller=caller))
+        return self.jobs.status(await self.reads.lookup(prompt, caller=caller))
 
     @router.delete("/jobs", response_model=DeleteJobsResult, responses=ERROR_RESPONSES)
     async def delete_jobs(
@@ -239,7 +243,7 @@ class GenerateRoutes:
         caller: Caller = CallerDep,
     ) -> VideoInfoList:
         """The caller's result videos still on disk, oldest first, a page at a time."""
-        views, more = await self.router.videos.remote(after, limit, caller=caller)
+        views, more = await self.reads.videos(after, limit, caller=caller)
         data = [self.jobs.video(v) for v in views]
         return VideoInfoList(data=data, has_more=more, last_id=data[-1].job_id if data else None)
 
@@ -285,7 +289,7 @@ class GenerateRoutes:
         fmt = OUTPUT_FORMATS[format_of_filename(filename) or "mp4"]
         name = sanitize_filename(filename, fmt.extension)
         if self.jobs.signer.valid(file_url(name), expires, signature):
-            safe = await self.router.check_file.remote(name)
+            safe = await self.reads.check_file(name)
         else:
             caller = await optional_caller(request)
             if caller is None or expires or signature:  # a bad or expired signature is no key either
@@ -293,7 +297,7 @@ class GenerateRoutes:
                     f"no video named {name!r} for this key, or its signed URL has expired; GET /status/{{id}} "
                     "gives a fresh file_url"
                 )
-            safe = await self.router.check_file.remote(name, caller=caller)
+            safe = await self.reads.check_file(name, caller=caller)
         if variant == "file":
             return result_response(self.results, safe, fmt.media_type, request, self.downloads, self.file_url_ttl_s)
         make = thumbnail_jpeg if variant == "thumbnail" else spritesheet_jpeg

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, get_args
@@ -49,6 +48,7 @@ from serve_app.generate.protocol import (
     VideoInfo,
     WebhookDeliveries,
 )
+from serve_app.job_reads import JobReads
 from serve_app.media_inputs import Upload, prepare_media
 from webhooks.guard import DEFAULT_WEBHOOK_PORTS, Resolver, check_webhook_url, system_resolve
 from webhooks.model import WebhookMessage
@@ -121,6 +121,7 @@ class JobService:
 
     Args:
         router: the router deployment's handle (or any object with its methods' ``.remote``).
+        reads: the job store's reads (serve_app/job_reads.py); None only where nothing is submitted.
         variants: the deployed variants by name; ``default_variant`` for requests naming none.
         objects: the object store this ingress saves a job's decoded uploads to (jobs/inputs.py).
         webhook_allow_networks: networks the SSRF guard admits; ``webhook_allow_ports`` the ports
@@ -140,8 +141,10 @@ class JobService:
         webhook_allow_ports: list[int] | None = None,
         store: StoreSettings | None = None,
         signer: UrlSigner | None = None,
+        reads: JobReads | None = None,
     ) -> None:
         self.router = router
+        self._reads = reads
         self.objects = objects
         self.store = store or StoreSettings()
         self.variants = variants
@@ -151,6 +154,13 @@ class JobService:
         self.decode_pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="decode")
         self.resolve = resolve
         self.signer = signer or UrlSigner(secrets.token_bytes(32), ttl_s=DEFAULT_FILE_URL_TTL_S)
+
+    @property
+    def reads(self) -> JobReads:
+        """The job store's reads. Raises RuntimeError in a JobService built without them."""
+        if self._reads is None:
+            raise RuntimeError("this JobService was built without the job store's reads")
+        return self._reads
 
     def webhook_spec(self, url: str | None, events: list[WebhookEvent] | None) -> WebhookSpec | None:
         """The checked webhook of a request, or None without ``url``. Resolves the host (blocking).
@@ -371,7 +381,7 @@ class JobService:
         """
         key, request_hash = idempotent or (None, None)
         if key is not None:
-            earlier = await self.router.find_idempotent.remote(key, request_hash, caller=caller)
+            earlier = await self.reads.find_idempotent(key, request_hash or "", caller=caller)
             if earlier is not None:
                 return earlier
         if spec is None:
@@ -398,22 +408,12 @@ class JobService:
         return view
 
     async def _stored(self, job_id: str, caller: Caller) -> JobView | None:
-        """The job as the router has it, or None when it is known not to be stored; asks again while
-        the router restarts, up to STORED_CHECK_S.
-
-        Raises:
-            TimeoutError: the router did not answer in time (the job's inputs are then kept).
-        """
-        deadline = time.monotonic() + STORED_CHECK_S
-        while True:
-            try:
-                return await self.router.status.remote(job_id, caller=caller)
-            except Exception as exc:
-                if isinstance(unwrap(exc), JobNotFound):
-                    return None
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the router did not answer for {STORED_CHECK_S:g} s") from exc
-            await asyncio.sleep(0.5)
+        """The job as the job store has it, or None when it is not stored (the router died before
+        its write committed: the write is all or nothing)."""
+        try:
+            return await self.reads.status(job_id, caller)
+        except JobNotFound:
+            return None
 
     @staticmethod
     def accepted(view: JobView) -> GenerateAccepted:

@@ -19,6 +19,7 @@ from serve_app.event_streams import StreamSlots
 from serve_app.generate.serving import JobService, idempotency
 from serve_app.images.protocol import ImageJobAccepted, ImagesResponse
 from serve_app.images.serving import IMAGE_FILE_FIELDS, ImagesService
+from serve_app.job_reads import JobReads
 from serve_app.request_body import read_fields_and_files
 
 router = APIRouter(tags=["openai"])
@@ -30,11 +31,13 @@ RESPOND_ASYNC = "respond-async"
 
 
 class ImagesRoutes:
-    """The /v1/images routes. Needs ``router`` (the router's handle), ``jobs``, ``images`` and
+    """The /v1/images routes. Needs ``router`` (the router's handle), ``reads`` (the job store's
+    reads), ``jobs``, ``images`` and
     ``streams`` (a synchronous request holds one of the replica's stream slots while it waits, as a
     progress stream does)."""
 
     router: Any
+    reads: JobReads
     jobs: JobService
     images: ImagesService
     streams: StreamSlots
@@ -66,7 +69,7 @@ class ImagesRoutes:
         finally:
             hold.release()
         if ended is None:
-            return self._accepted(await self.router.status.remote(view.id, caller=caller))
+            return self._accepted(await self.reads.status(view.id, caller=caller))
         return await self.images.response(ended, response_format, str(request.base_url), caller)
 
     def _accepted(self, view) -> Response:

@@ -17,6 +17,7 @@ from model_store.variants import VariantConfig
 from serve_app.generate.protocol import GenerateRequest
 from serve_app.generate.serving import JobService
 from serve_app.images.protocol import ImageData, ImageJobAccepted, ImagesResponse, ResponseFormat
+from serve_app.job_reads import JobReads
 from serve_app.media_inputs import Upload
 from serve_app.request_body import validate_model
 
@@ -41,7 +42,7 @@ EXTRA_FIELDS = (
 #: default timeout of the openai package's client, so the service answers (202) before it gives up.
 DEFAULT_IMAGE_WAIT_S = 540.0
 
-#: Seconds one wait on the router lasts before the deadline is looked at again.
+#: Seconds one wait for the job's events lasts before the deadline is looked at again.
 WAIT_STEP_S = 15.0
 
 
@@ -61,14 +62,14 @@ class ImagesService:
 
     Args:
         jobs: the ingress's job service.
-        router: the router deployment's handle (events, status, check_file).
+        reads: the job store's reads (events, status, check_file; serve_app/job_reads.py).
         files: the result files (in the object store).
         wait_s: how long a synchronous request waits for its job, seconds (AppArgs.image_wait_s).
     """
 
-    def __init__(self, jobs: JobService, router: Any, files: ResultFiles, wait_s: float) -> None:
+    def __init__(self, jobs: JobService, reads: JobReads, files: ResultFiles, wait_s: float) -> None:
         self.jobs = jobs
-        self.router = router
+        self.reads = reads
         self.files = files
         self.wait_s = wait_s
 
@@ -151,11 +152,11 @@ class ImagesService:
         deadline = time.monotonic() + self.wait_s
         after = 0
         while (left := deadline - time.monotonic()) > 0:
-            batch = await self.router.events.remote(job_id, after, min(WAIT_STEP_S, left), caller=caller)
+            batch = await self.reads.events(job_id, after, min(WAIT_STEP_S, left), caller=caller)
             if batch.events:
                 after = batch.events[-1].id
             if batch.done:
-                return await self.router.status.remote(job_id, caller=caller)
+                return await self.reads.status(job_id, caller=caller)
         return None
 
     @staticmethod
@@ -182,7 +183,7 @@ class ImagesService:
         if response_format == "url":
             data = ImageData(url=base_url.rstrip("/") + self.jobs.signer.sign(view.file_url))
         else:
-            name = await self.router.check_file.remote(view.filename, caller=caller)
+            name = await self.reads.check_file(view.filename, caller=caller)
             raw = await asyncio.to_thread(self.files.store.get_bytes, self.files.key(name))
             data = ImageData(b64_json=base64.b64encode(raw).decode())
         return ImagesResponse(

@@ -14,6 +14,7 @@ from ray import serve
 from deployments.replica_status import GeneratorStatus, generator_statuses
 from serve_app.authentication import current_caller
 from serve_app.errors import ERROR_RESPONSES
+from serve_app.job_reads import JobReads
 from serve_app.metrics_text import CONTENT_TYPE, render
 from serve_app.variants.protocol import ModelList, VariantList
 from serve_app.variants.serving import VariantsService
@@ -23,10 +24,12 @@ router = APIRouter(dependencies=[Depends(current_caller)], responses={401: ERROR
 
 
 class VariantsRoutes:
-    """The variants routes. Needs ``catalog`` (a VariantsService) and ``router`` (the router's handle)."""
+    """The variants routes. Needs ``catalog`` (a VariantsService), ``router`` (the router's handle)
+    and ``reads`` (the job store's reads)."""
 
     catalog: VariantsService
     router: Any
+    reads: JobReads
 
     async def _statuses(self) -> dict[str, GeneratorStatus]:
         app_name = serve.get_replica_context().app_name
@@ -48,7 +51,7 @@ class VariantsRoutes:
     async def variants(self) -> VariantList:
         """Every deployed variant: task, sizes, frame limits, defaults, uploads it takes, output
         formats, LoRA adapters, and whether a generator replica runs it."""
-        statuses, load = await asyncio.gather(self._statuses(), self.router.load.remote())
+        statuses, load = await asyncio.gather(self._statuses(), self.reads.load(sorted(self.catalog.jobs.variants)))
         return await asyncio.to_thread(self.catalog.catalog, statuses, load)
 
     @router.get("/v1/models", response_model=ModelList, tags=["openai"])

@@ -1,6 +1,7 @@
 """Routes of the OpenAI-compatible Videos API (/v1/videos), over the same jobs as /generate.
 
-Thin: each route maps OpenAI's fields with ``VideosService`` (serving.py) and calls the router.
+Thin: each route maps OpenAI's fields with ``VideosService`` (serving.py) and reads the job store
+(serve_app/job_reads.py) or, for changes, calls the router.
 ``VideosRoutes`` is a base of the ingress deployment (serve_app/ingress.py).
 """
 
@@ -21,6 +22,7 @@ from serve_app.authentication import current_caller
 from serve_app.downloads import preview, result_response
 from serve_app.errors import ERROR_RESPONSES
 from serve_app.generate.serving import JobService, idempotency
+from serve_app.job_reads import JobReads
 from serve_app.request_body import read_fields_and_files
 from serve_app.videos.protocol import RemixRequest, Video, VideoDeleted, VideoList
 from serve_app.videos.serving import VIDEO_FILE_FIELDS, VideosService
@@ -32,10 +34,12 @@ CallerDep = Depends(current_caller)
 
 
 class VideosRoutes:
-    """The /v1/videos routes. Needs ``router`` (the router's handle), ``jobs``, ``videos``, and
+    """The /v1/videos routes. Needs ``router`` (the router's handle, for writes), ``reads`` (the
+    job store's reads), ``jobs``, ``videos``, and
     ``results``, ``downloads`` and ``file_url_ttl_s`` (serve_app/downloads.py)."""
 
     router: Any
+    reads: JobReads
     jobs: JobService
     videos: VideosService
     results: ResultFiles
@@ -60,7 +64,7 @@ class VideosRoutes:
         caller: Caller = CallerDep,
     ) -> VideoList:
         """OpenAI ``videos.list``: the caller's jobs (an admin key's: every job), newest first by default."""
-        views, more = await self.router.page.remote(after, limit, order == "desc", caller=caller)
+        views, more = await self.reads.page(after, limit, order == "desc", caller=caller)
         data = [self.videos.video(v) for v in views]
         return VideoList(
             data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=more
@@ -69,12 +73,12 @@ class VideosRoutes:
     @router.get("/v1/videos/{video_id}", response_model=Video, responses=ERROR_RESPONSES)
     async def retrieve_video(self, video_id: str, caller: Caller = CallerDep) -> Video:
         """OpenAI ``videos.retrieve``."""
-        return self.videos.video(await self.router.status.remote(video_id, caller=caller))
+        return self.videos.video(await self.reads.status(video_id, caller=caller))
 
     @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted, responses=ERROR_RESPONSES)
     async def delete_video(self, video_id: str, caller: Caller = CallerDep) -> VideoDeleted:
         """OpenAI ``videos.delete``: cancels the job if it is unfinished, removes it and its file."""
-        await self.router.status.remote(video_id, caller=caller)  # 404 for an unknown id, or another key's
+        await self.reads.status(video_id, caller=caller)  # 404 for an unknown id, or another key's
         await self.router.delete_jobs.remote([video_id], None, False, True, caller=caller)
         return VideoDeleted(id=video_id)
 
@@ -94,10 +98,10 @@ class VideosRoutes:
         caller: Caller = CallerDep,
     ) -> Response:
         """OpenAI ``videos.download_content``, once the video is completed."""
-        view = await self.router.status.remote(video_id, caller=caller)
+        view = await self.reads.status(video_id, caller=caller)
         if not view.filename or view.status != JobStatus.success:
             raise FileNotFoundForJob(f"video {video_id} is {view.status.value}; content exists once it is completed")
-        name = await self.router.check_file.remote(view.filename, caller=caller)
+        name = await self.reads.check_file(view.filename, caller=caller)
         if variant == "video":
             fmt = OUTPUT_FORMATS[view.output_format]
             return result_response(self.results, name, fmt.media_type, request, self.downloads, self.file_url_ttl_s)
