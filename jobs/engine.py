@@ -161,11 +161,12 @@ class JobEngine:
                 )
                 remove_inputs(rec.spec.inputs, self.objects)
             else:
-                self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
+                with self.store.transaction():  # back in the queue, which its listeners see
+                    requeued = self.store.update(rec.id, status=JobStatus.queued, phase=None, step=0)
+                    if requeued is not None:
+                        self.store.append_event(rec.id, JobEvent.of(self.view(requeued)))
         for rec in self.store.by_status([JobStatus.queued]):
             self.queue.push(rec.id, rec.variant, rec.owner)
-            if self.store.last_event(rec.id) is None:  # stored before events were
-                self.store.append_event(rec.id, JobEvent.of(self.view(rec)))
         for variant in self.config.slots:
             self._rotations[variant] = None  # a previous router's may be stored: store this one's
             self._sync_rotation(variant)

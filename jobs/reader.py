@@ -185,9 +185,9 @@ class JobReader:
         """
         rec = self.get(job_id, caller)
         last = self.store.last_event(job_id)
-        if last is None:  # a job stored before events were: its state now is its first event
-            first = JobEvent.of(self.view(rec)).model_copy(update={"id": EVENT_ID_SPAN})
-            return EventBatch(events=[first] if first.id > after else [], done=first.event == "terminal")
+        if last is None:  # stored without events (before they were kept): its state now, as event 0's move
+            state = JobEvent.of(self.view(rec)).model_copy(update={"id": 1})
+            return EventBatch(events=[state] if state.id > after else [], done=state.event == "terminal")
         new = self.store.events_after(job_id, after // EVENT_ID_SPAN) if last.id > after else []
         latest = new[-1] if new else last
         if latest.event == "queued" and latest.queue_position is not None:

@@ -210,8 +210,8 @@ def test_a_job_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
         store.insert(_spec(10), idempotency_key="idem-1")
     store.close()
     assert JobStore(db).db.schema_version == "0002"  # opening again migrates nothing
-    # A job stored before events were has its state as its first event.
+    # A job stored before events were has its state as one event, numbered below any stored one.
     reader = JobReader(JobStore(db), ResultFiles(ObjectStore(tmp_path / "data")), lambda v: 1)
     batch = reader.events("legacy1")
-    assert [(e.id, e.event, e.filename) for e in batch.events] == [(EVENT_ID_SPAN, "terminal", "legacy1.mp4")]
-    assert batch.done and reader.events("legacy1", EVENT_ID_SPAN).events == []
+    assert [(e.id, e.event, e.filename) for e in batch.events] == [(1, "terminal", "legacy1.mp4")]
+    assert batch.done and reader.events("legacy1", 1).events == [] and 1 < EVENT_ID_SPAN
