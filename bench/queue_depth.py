@@ -8,16 +8,19 @@ On a local Ray cluster with one ti2v-5b-tiny generator and ``max_queued_jobs`` 2
 store backend:
 
 1. one long job runs (500 denoising steps of 17 frames), so the queue does not drain;
-2. status (GET /status/{id} of a queued job) from ``--clients`` concurrent clients for
-   ``--seconds``: requests per second, p50 and p99 latency, with 0 jobs queued behind it;
+2. the echo, then status (GET /status/{id} of a queued job), each from ``--clients`` concurrent
+   clients for ``--seconds``: requests per second, p50 and p99 latency, with 0 jobs queued behind
+   it, and the ratios of status to the echo;
 3. ``--queued`` jobs are written to the job store and the router restarted, so it reloads them as
    its queue (what a restart does), then status again;
 4. submits (POST /generate) from the same clients: jobs per second;
 5. serving overhead of a 1-frame, 1-step job (a fresh app, nothing queued): submit to terminal,
    seen by the client, minus the generator's pipeline and encode seconds; median of 20.
 
-The echo (a FastAPI route answering a constant JSON through Serve's proxy) is measured the same
-way, as the ceiling of this machine's proxy. Writes JSON; the figures go into docs/performance.md.
+The echo (a FastAPI route answering a constant JSON through Serve's proxy) is the ceiling of this
+machine's proxy. It is measured with the long job running, as status is (the long job's denoising
+takes both cores' spare time, so an echo on an idle machine would compare unlike loads), and once
+on the idle machine before anything else. Writes JSON; the figures go into docs/performance.md.
 The PostgreSQL server is started like the tests' (tests/postgres_server.py), on 127.0.0.1.
 """
 
@@ -128,6 +131,13 @@ def _kill_router(app: str) -> None:
     ray.kill(ray.get_actor(name, namespace="serve"))
 
 
+def _ratios(status: dict, echo: dict) -> dict:
+    return {
+        "throughput_vs_echo": round(status["per_second"] / echo["per_second"], 2),
+        "p99_vs_echo": round(status["p99_ms"] / echo["p99_ms"], 2),
+    }
+
+
 def measure(base: str, backend: str, store_url: str | None, args) -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{backend}-"))
     url = _deploy(base, f"q{backend}", data_dir, store_url, 20000)
@@ -150,7 +160,9 @@ def measure(base: str, backend: str, store_url: str | None, args) -> dict:
         ).json()["id"]
         _wait(client, long_job, lambda s: s["status"] == "running")
         probe = client.post("/generate", json={"prompt": "probe", **fast}).json()["id"]
+        out["echo"] = asyncio.run(_hammer(f"{base}/echo/status/x", args.seconds, args.clients))
         out["status_queue_0"] = asyncio.run(_hammer(f"{url}/status/{probe}", args.seconds, args.clients))
+        out["status_queue_0"].update(_ratios(out["status_queue_0"], out["echo"]))
         # 3. A deep queue: written to the store, then reloaded by a restarted router.
         store = SqlJobStore(store_url or data_dir / "jobs.db")
         t0 = time.perf_counter()
@@ -169,7 +181,15 @@ def measure(base: str, backend: str, store_url: str | None, args) -> dict:
                 raise TimeoutError(f"the router reloaded {depth} of {args.queued} jobs")
         out["router_reload_seconds"] = round(time.perf_counter() - t0, 1)
         out["queued"] = depth
-        out[f"status_queue_{args.queued}"] = asyncio.run(_hammer(f"{url}/status/{probe}", args.seconds, args.clients))
+        deep = out[f"status_queue_{args.queued}"] = asyncio.run(
+            _hammer(f"{url}/status/{probe}", args.seconds, args.clients)
+        )
+        deep.update(_ratios(deep, out["echo"]))
+        deep["p99_vs_empty_queue"] = round(deep["p99_ms"] / out["status_queue_0"]["p99_ms"], 2)
+        tail = client.get("/jobs", params={"limit": 1, "order": "desc"}).json()["data"][0]["id"]
+        out[f"status_of_the_last_of_{args.queued}"] = asyncio.run(
+            _hammer(f"{url}/status/{tail}", args.seconds, args.clients)
+        )
         out["submits"] = asyncio.run(
             _hammer(f"{url}/generate", args.seconds, args.clients, "POST", {"prompt": "a submit", **fast})
         )
@@ -197,7 +217,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     serve.run(Echo.bind(), name="echo", route_prefix="/echo")
     report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "args": vars(args)}
-    report["echo"] = asyncio.run(_hammer(f"{base}/echo/status/x", args.seconds, args.clients))
+    report["echo_idle"] = asyncio.run(_hammer(f"{base}/echo/status/x", args.seconds, args.clients))
     server = None
     report["backends"] = []
     for backend in args.backend:

@@ -490,16 +490,17 @@ class JobEngine:
         if run.canceled:
             return
         finished = self.clock()
-        self._update(
-            job_id,
-            status=JobStatus.success,
-            phase=None,
-            filename=result.filename,
-            result=result.model_dump(),
-            finished_at=finished,
-            gpu_id=result.gpu_id,
-        )
-        self.store.record_job_seconds(run.spec.variant, finished - run.started)
+        with self.store.transaction():  # one commit: the job's end is on every listener's critical path
+            self._update(
+                job_id,
+                status=JobStatus.success,
+                phase=None,
+                filename=result.filename,
+                result=result.model_dump(),
+                finished_at=finished,
+                gpu_id=result.gpu_id,
+            )
+            self.store.record_job_seconds(run.spec.variant, finished - run.started)
         if run.attempts > 1:  # only a job that ran before can have an earlier attempt's file
             self._remove_stale_results(job_id, keep=result.filename)
         self.breakers[run.spec.variant].succeeded()

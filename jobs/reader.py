@@ -23,8 +23,8 @@ from jobs.ownership import OPEN, Caller
 from jobs.store import JobStore
 
 #: Seconds between one process's checks of the store for new events of the jobs it is asked
-#: about (one query for all of them): the added latency of a progress event, at most.
-EVENT_POLL_S = 0.05
+#: about (one query for all of them, a read of an index): the added latency of an event, at most.
+EVENT_POLL_S = 0.02
 
 #: Seconds between re-reads of a queued job's place while a listener waits: queue moves are not
 #: stored events, so the polls above do not see them.

@@ -378,13 +378,6 @@ class SqlJobStore:
             return None
         queued = {"status": JobStatus.queued.value, "variant": rec.variant}
         with self.db.cursor() as c:
-            lanes = c.execute(
-                text(
-                    "SELECT COALESCE(owner, ''), COUNT(*), MIN(seq) FROM jobs WHERE status = :status "
-                    "AND variant = :variant GROUP BY owner"
-                ),
-                queued,
-            ).fetchall()
             mine = rec.owner or ""
             same_owner = "owner IS NULL" if rec.owner is None else "owner = :owner"
             rank = c.execute(
@@ -396,13 +389,20 @@ class SqlJobStore:
             ).scalar_one()
             if rank == 0:  # dispatched or canceled since it was read
                 return None
-            if len(lanes) < 2:
-                return rank
             turns: dict[str, int] = dict(
                 c.execute(
                     text("SELECT owner, turn FROM queue_rotation WHERE variant = :variant"), {"variant": rec.variant}
                 ).fetchall()
             )
+            if len(turns) < 2:  # the router stores a rotation whenever two lanes or more hold jobs
+                return rank
+            lanes = c.execute(
+                text(
+                    "SELECT COALESCE(owner, ''), COUNT(*), MIN(seq) FROM jobs WHERE status = :status "
+                    "AND variant = :variant GROUP BY owner"
+                ),
+                queued,
+            ).fetchall()
         order = sorted(lanes, key=lambda lane: (turns.get(lane[0], len(turns)), lane[2]))
         before = True
         position = rank
