@@ -144,6 +144,7 @@ class Database:
         self.hooks = hooks
         self.generation: int | None = None
         self._depth = 0
+        self._lease_checked = False  # whether this transaction checked the lease (``write``)
         self._committed: list[tuple[str, dict[str, Any]]] = []  # writes whose ``after`` hook waits for the commit
         self._on_commit: list[Callable[[], object]] = []
         self.last_write_ok: float | None = None  # time.monotonic() of the last committed write
@@ -179,7 +180,7 @@ class Database:
                     self._depth -= 1
                 return
             self.connection.exec_driver_sql("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
-            self._depth = 1
+            self._depth, self._lease_checked = 1, False
             try:
                 yield self.connection
             except BaseException:
@@ -217,7 +218,8 @@ class Database:
         if self.hooks is not None:
             self.hooks.before(op, fields)
         with self.transaction() as c:
-            if self.generation is not None:
+            # Once per transaction: on PostgreSQL the first check holds the lease row until the commit.
+            if self.generation is not None and not self._lease_checked:
                 lock = " FOR SHARE" if self.dialect == "postgresql" else ""
                 row = c.execute(text(f"SELECT generation FROM lease WHERE id = 1{lock}")).fetchone()
                 if row is None or row[0] != self.generation:
@@ -225,6 +227,7 @@ class Database:
                         f"the job store's lease moved to generation {row[0] if row else None}; "
                         f"this router holds {self.generation}"
                     )
+                self._lease_checked = True
             yield c
             self._committed.append((op, fields))  # ``after`` runs once the outermost transaction commits
 

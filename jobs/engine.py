@@ -333,7 +333,7 @@ class JobEngine:
             self.queue.push(spec.id, spec.variant, spec.owner)
             try:
                 self._sync_rotation(spec.variant)
-                view = self.view(rec)
+                view = self.reader.view(rec, position=self.queue.position(rec.id))
                 self.store.append_event(rec.id, JobEvent.of(view))
             except BaseException:
                 self.queue.remove(spec.id)  # rolled back with the insert, and the rotation with it

@@ -130,4 +130,7 @@ class JobQueue:
         where = self._where.get(job_id)
         if where is None:
             return None
+        lanes = self._lanes[where[0]]
+        if len(lanes) == 1:  # one key's jobs: FIFO, no need to build the round-robin order
+            return lanes[where[1]].index(job_id) + 1
         return self._positions(where[0])[job_id] + 1

@@ -68,29 +68,36 @@ class JobReader:
             raise JobNotFound(f"no job with id {job_id!r}")
         return rec
 
-    def remaining_s(self, rec: JobRecord) -> float | None:
-        """Seconds until a running job's file is written (jobs/eta.py), or None when nothing is known."""
+    def remaining_s(self, rec: JobRecord, avg_job_s: float | None) -> float | None:
+        """Seconds until a running job's file is written (jobs/eta.py), or None when nothing is
+        known; ``avg_job_s`` is its variant's average job duration (JobStore.avg_job_seconds)."""
         return running_remaining_s(
             now=self.clock(),
             started_at=rec.started_at,
             step=rec.step,
             total_steps=rec.total_steps,
             step_seconds=rec.step_seconds,
-            avg_job_s=self.store.avg_job_seconds(rec.variant),
+            avg_job_s=avg_job_s,
         )
 
-    def view(self, rec: JobRecord) -> JobView:
-        """``rec`` as callers see it, with its queue position and ETA as the store has them now."""
+    def view(self, rec: JobRecord, position: int | None = None) -> JobView:
+        """``rec`` as callers see it, with its queue position and ETA as the store has them now.
+        The router passes a queued job's ``position`` from its own queue (the same order)."""
         if rec.status == JobStatus.running:
-            return JobView.of(rec, eta_seconds=self.remaining_s(rec))
-        position = self.store.queue_position(rec)
+            return JobView.of(rec, eta_seconds=self.remaining_s(rec, self.store.avg_job_seconds(rec.variant)))
+        if rec.status != JobStatus.queued:
+            return JobView.of(rec)
+        position = position or self.store.queue_position(rec)
         if position is None:
             return JobView.of(rec)
+        avg = self.store.avg_job_seconds(rec.variant)
         eta = queued_eta_s(
             position=position,
             slots=self.slots_of(rec.variant),
-            avg_job_s=self.store.avg_job_seconds(rec.variant),
-            running_left_s=[self.remaining_s(r) or 0.0 for r in self.store.running_of(rec.variant)],
+            avg_job_s=avg,
+            running_left_s=[self.remaining_s(r, avg) or 0.0 for r in self.store.running_of(rec.variant)]
+            if avg is not None
+            else [],
         )
         return JobView.of(rec, queue_position=position, eta_seconds=eta)
 

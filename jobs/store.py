@@ -380,22 +380,23 @@ class SqlJobStore:
         with self.db.cursor() as c:
             mine = rec.owner or ""
             same_owner = "owner IS NULL" if rec.owner is None else "owner = :owner"
-            rank = c.execute(
+            rank, rotating = c.execute(  # one round trip for the usual case: one key's lane
                 text(
-                    f"SELECT COUNT(*) FROM jobs WHERE status = :status AND variant = :variant AND {same_owner} "
-                    "AND seq <= :seq"
+                    "SELECT (SELECT COUNT(*) FROM jobs WHERE status = :status AND variant = :variant "
+                    f"AND {same_owner} AND seq <= :seq), "
+                    "(SELECT COUNT(*) FROM queue_rotation WHERE variant = :variant)"
                 ),
                 {**queued, "owner": rec.owner, "seq": rec.seq},
-            ).scalar_one()
+            ).one()
             if rank == 0:  # dispatched or canceled since it was read
                 return None
+            if rotating < 2:  # the router stores a rotation whenever two lanes or more hold jobs
+                return rank
             turns: dict[str, int] = dict(
                 c.execute(
                     text("SELECT owner, turn FROM queue_rotation WHERE variant = :variant"), {"variant": rec.variant}
                 ).fetchall()
             )
-            if len(turns) < 2:  # the router stores a rotation whenever two lanes or more hold jobs
-                return rank
             lanes = c.execute(
                 text(
                     "SELECT COALESCE(owner, ''), COUNT(*), MIN(seq) FROM jobs WHERE status = :status "
