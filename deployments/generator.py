@@ -40,6 +40,7 @@ from jobs.errors import (
 from jobs.filenames import default_filename
 from jobs.files import ResultFiles
 from jobs.inputs import PreparedInputs
+from jobs.log_context import install_job_fields, job_context
 from jobs.model import OUTPUT_FORMATS, JobResult, JobSpec, Phase, ProgressEvent
 from jobs.objects import ObjectStore
 from media.compositing import mask_to_alpha, paste_back
@@ -91,6 +92,7 @@ class Generator:
         model_dir: str | None = None,
         storage_url: str | None = None,
     ) -> None:
+        install_job_fields()
         if variant.deployment.torch_threads:
             torch.set_num_threads(variant.deployment.torch_threads)
         self.variant = variant
@@ -265,6 +267,15 @@ class Generator:
                     f"of {params.num_inference_steps}; use fewer steps, frames or a smaller size"
                 )
 
+        logger.info(
+            "job %s: %d denoising steps, %d frames at %dx%d, speed %s",
+            spec.id,
+            params.num_inference_steps,
+            params.num_frames,
+            params.width,
+            params.height,
+            params.speed,
+        )
         inputs = PreparedInputs.load(spec.inputs, self.objects) if spec.inputs is not None else None
         on_gpu = self.runner.device.type == "cuda"
         if on_gpu:
@@ -332,6 +343,7 @@ class Generator:
                 raise JobTimeout(f"writing the result ran past timeouts.encode_s={limits.encode_s:g} s") from None
             raise
         after_write_delay(self.faults)
+        logger.info("job %s: wrote %s (%d bytes) after %.2f s of pipeline", spec.id, filename, size, pipeline_seconds)
         return JobResult(
             filename=filename,
             size_bytes=size,
@@ -372,7 +384,8 @@ class Generator:
 
         def work():
             try:
-                result = self._work(spec, emit, cancel)
+                with job_context(spec.id, spec.variant):
+                    result = self._work(spec, emit, cancel)
                 self._finished[spec.id] = result
                 while len(self._finished) > FINISHED_KEPT:
                     self._finished.popitem(last=False)

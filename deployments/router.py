@@ -26,6 +26,7 @@ from deployments.router_config import RouterConfig
 from deployments.router_health import RouterHealth
 from jobs.engine import JobEngine
 from jobs.files import ResultFiles
+from jobs.log_context import install_job_fields, job_context
 from jobs.metrics import JobMetrics
 from jobs.model import JobResult, JobSpec, JobStatus, JobView, ProgressEvent
 from jobs.objects import ObjectStore
@@ -56,6 +57,7 @@ class Router:
 
     # Ray Serve awaits an async constructor; mypy knows only the synchronous kind.
     async def __init__(self, config: RouterConfig, generators: dict[str, DeploymentHandle]) -> None:  # type: ignore[misc]
+        install_job_fields()
         self.config = config
         self.generators = generators
         hooks = StoreFaults(FaultSwitch(config.fault_file, ROUTER)) if config.fault_file else None
@@ -122,6 +124,10 @@ class Router:
                 task.add_done_callback(functools.partial(self._settle, spec.id))
 
     async def _run(self, spec: JobSpec) -> None:
+        with job_context(spec.id, spec.variant):  # this task's log lines name the job
+            await self._run_job(spec)
+
+    async def _run_job(self, spec: JobSpec) -> None:
         run, called = self.engine.running[spec.id], False
         try:
             self.engine.start(spec.id)
