@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from jobs.errors import FileNotFoundForJob, IdempotencyConflict, JobNotFound
 from jobs.eta import queued_eta_s, running_remaining_s
@@ -21,6 +22,8 @@ from jobs.files import ResultFiles
 from jobs.model import JobRecord, JobStatus, JobView
 from jobs.ownership import OPEN, Caller
 from jobs.store import JobStore
+
+T = TypeVar("T")
 
 #: Seconds between one process's checks of the store for new events of the jobs it is asked
 #: about (one query for all of them, a read of an index): the added latency of an event, at most.
@@ -95,7 +98,18 @@ class JobReader:
             position=position,
             slots=self.slots_of(rec.variant),
             avg_job_s=avg,
-            running_left_s=[self.remaining_s(r, avg) or 0.0 for r in self.store.running_of(rec.variant)]
+            running_left_s=[
+                running_remaining_s(
+                    now=self.clock(),
+                    started_at=started_at,
+                    step=step,
+                    total_steps=total,
+                    step_seconds=step_s,
+                    avg_job_s=avg,
+                )
+                or 0.0
+                for started_at, step, total, step_s in self.store.running_progress(rec.variant)
+            ]
             if avg is not None
             else [],
         )
@@ -211,14 +225,24 @@ class EventWatch:
     """Long polls on jobs' events for one process (an ingress replica, or the router's engine in
     tests): one store query every ``poll_s`` seconds for all jobs being waited on, however many
     listeners wait, and a re-read of each waiting listener's job every ``refresh_s`` seconds for
-    queue moves. Runs on one event loop."""
+    queue moves. Runs on one event loop; ``inline`` reads on it instead of in worker threads."""
 
-    def __init__(self, reader: JobReader, poll_s: float = EVENT_POLL_S, refresh_s: float = QUEUED_REFRESH_S) -> None:
+    def __init__(
+        self,
+        reader: JobReader,
+        poll_s: float = EVENT_POLL_S,
+        refresh_s: float = QUEUED_REFRESH_S,
+        inline: bool = False,
+    ) -> None:
         self.reader = reader
+        self.inline = inline  # read on the event loop (a local SQLite file), not in a worker thread
         self.poll_s = poll_s
         self.refresh_s = refresh_s
         self._waiting: dict[str, dict[asyncio.Event, int]] = {}  # job id -> listener -> its stored events seen
         self._poller: asyncio.Task | None = None
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args) if self.inline else await asyncio.to_thread(fn, *args)
 
     async def wait(self, job_id: str, after: int = 0, timeout_s: float = 15.0, caller: Caller = OPEN) -> EventBatch:
         """Events of ``job_id`` above id ``after``, waiting up to ``timeout_s`` seconds for one.
@@ -228,7 +252,7 @@ class EventWatch:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        batch = await asyncio.to_thread(self.reader.events, job_id, after, caller)
+        batch = await self._read(self.reader.events, job_id, after, caller)
         if batch.events or batch.done or timeout_s <= 0:
             return batch
         woken = asyncio.Event()
@@ -240,7 +264,7 @@ class EventWatch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), min(left, self.refresh_s))
                 woken.clear()
-                batch = await asyncio.to_thread(self.reader.events, job_id, after, caller)
+                batch = await self._read(self.reader.events, job_id, after, caller)
                 if batch.events or batch.done:
                     return batch
             return batch
@@ -252,7 +276,7 @@ class EventWatch:
 
     async def _poll(self) -> None:
         while self._waiting:
-            counts = await asyncio.to_thread(self.reader.store.event_counts, list(self._waiting))
+            counts = await self._read(self.reader.store.event_counts, list(self._waiting))
             for job_id, listeners in list(self._waiting.items()):
                 stored = counts.get(job_id, 0)
                 for woken, seen in listeners.items():

@@ -65,6 +65,7 @@ class JobStore(Protocol):
     def set_rotation(self, variant: str, lanes: list[str]) -> None: ...
     def queue_position(self, rec: JobRecord) -> int | None: ...
     def running_of(self, variant: str) -> list[JobRecord]: ...
+    def running_progress(self, variant: str) -> list[tuple[float | None, int, int, float | None]]: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     def transaction(self) -> AbstractContextManager[Any]: ...
     def claim_lease(self) -> int: ...
@@ -413,6 +414,16 @@ class SqlJobStore:
                 continue
             position += min(count, rank if before else rank - 1)
         return position
+
+    def running_progress(self, variant: str) -> list[tuple[float | None, int, int, float | None]]:
+        """(started_at, step, total_steps, step_seconds) of each running job of ``variant``: what a
+        queued job's ETA needs, without reading whole records."""
+        rows = self.db.execute(
+            "SELECT started_at, step, total_steps, step_seconds FROM jobs WHERE status = :status "
+            "AND variant = :variant",
+            {"status": JobStatus.running.value, "variant": variant},
+        ).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def running_of(self, variant: str) -> list[JobRecord]:
         """Running jobs of ``variant``, oldest first."""

@@ -106,10 +106,12 @@ class GenerateRoutes:
         return self.jobs.accepted(view)
 
     @router.get("/status/{job_id}", response_model=JobStatusResponse, responses=ERROR_RESPONSES)
-    async def status(self, job_id: str, caller: Caller = CallerDep) -> JobStatusResponse:
+    async def status(self, job_id: str, caller: Caller = CallerDep) -> Response:
         """Status, progress (0..1), ETA, and the file URL once done (signed: it works without a key
         until it expires)."""
-        return self.jobs.status(await self.reads.status(job_id, caller=caller))
+        # The busiest route: serialized once here, not validated again against response_model.
+        body = self.jobs.status(await self.reads.status(job_id, caller=caller))
+        return Response(body.model_dump_json(), media_type="application/json")
 
     @router.get("/jobs", response_model=JobList, responses=ERROR_RESPONSES)
     async def list_jobs(
