@@ -397,6 +397,34 @@ def revoke_key(
     typer.echo(f"{key.id} {key.name}: revoked")
 
 
+@app.command("k8s-render", rich_help_panel=OPERATOR_PANEL)
+def k8s_render(
+    profiles: list[Path] = typer.Argument(..., help="Cluster profiles, e.g. k8s/profiles/cluster.yaml."),
+    check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if a manifest is out of date."),
+) -> None:
+    """Write each profile's Serve config (serve_config.yaml with the profile's changes, checked
+    against Ray Serve's schema and the app's arguments) into its RayService manifest's
+    spec.serveConfigV2."""
+    from serve_app.cluster_manifests import ClusterProfile, render, serve_config_text, write_into
+
+    stale = []
+    for path in profiles:
+        profile, base = ClusterProfile.load(path)
+        manifest = base / profile.manifest
+        old = manifest.read_text()
+        new = write_into(old, serve_config_text(render(profile, base)))
+        if new == old:
+            typer.echo(f"{manifest}: up to date")
+        elif check:
+            stale.append(manifest)
+            typer.echo(f"{manifest}: out of date; run wan-serve k8s-render {path}", err=True)
+        else:
+            manifest.write_text(new)
+            typer.echo(f"{manifest}: written")
+    if stale:
+        raise typer.Exit(1)
+
+
 @app.command("render-config", rich_help_panel=OPERATOR_PANEL)
 def render_config(
     config: Path = typer.Argument(Path("serve_config.yaml"), help="Ray Serve config file."),
