@@ -14,8 +14,9 @@ store backend:
 3. ``--queued`` jobs are written to the job store and the router restarted, so it reloads them as
    its queue (what a restart does), then status again;
 4. submits (POST /generate) from the same clients: jobs per second;
-5. serving overhead of a 1-frame, 1-step job (a fresh app, nothing queued): submit to terminal,
-   seen by the client, minus the generator's pipeline and encode seconds; median of 20.
+5. serving overhead of a 1-frame, 1-step job (a fresh app, nothing queued): submit to the
+   terminal event on the job's SSE stream, seen by the client, minus the generator's pipeline and
+   encode seconds; median of 20, and where it goes.
 
 The echo (a FastAPI route answering a constant JSON through Serve's proxy) is the ceiling of this
 machine's proxy. It is measured with the long job running, as status is (the long job's denoising
@@ -126,6 +127,18 @@ def _wait(client: httpx.Client, job_id: str, until, timeout: float = 600) -> dic
     raise TimeoutError(job_id)
 
 
+def _terminal_event(client: httpx.Client, job_id: str) -> dict:
+    """Follow the job's Server-Sent Events until its terminal event; returns that event's data."""
+    with client.stream("GET", f"/jobs/{job_id}/events") as r:
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: ") :]
+            elif line.startswith("data: ") and kind == "terminal":
+                return json.loads(line[len("data: ") :])
+    raise RuntimeError(f"the event stream of {job_id} ended without a terminal event")
+
+
 def _kill_router(app: str) -> None:
     """Kill the app's router replica; Serve starts another, which reloads the queue from the store."""
     prefix = f"SERVE_REPLICA::{app}#Router#"
@@ -152,13 +165,14 @@ def measure(base: str, backend: str, store_url: str | None, args) -> dict:
             t0, wall0 = time.perf_counter(), time.time()
             r = client.post("/generate", json={"prompt": f"overhead {i}", **fast})
             answered = time.perf_counter() - t0
-            final = _wait(client, r.json()["id"], lambda s: s["status"] in ("success", "error"))
+            _terminal_event(client, r.json()["id"])
             seen, wall = time.perf_counter() - t0, time.time()
+            final = client.get(f"/status/{r.json()['id']}").json()
             t = final["timings"]
             overheads.append(seen - t["pipeline_seconds"] - t["encode_seconds"])
             # Where it goes (server timestamps; one machine, one clock): the 202, the queue until
             # the router started it, the generator's time outside pipeline and encode, and the
-            # client's status polls (every 20 ms) until it saw the end.
+            # terminal event's way to the client (its Server-Sent Events stream).
             parts.append(
                 {
                     "submit_answered": answered,

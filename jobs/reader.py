@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 #: Seconds between one process's checks of the store for new events of the jobs it is asked
 #: about (one query for all of them, a read of an index): the added latency of an event, at most.
-EVENT_POLL_S = 0.02
+EVENT_POLL_S = 0.01
 
 #: Seconds between re-reads of a queued job's place while a listener waits: queue moves are not
 #: stored events, so the polls above do not see them.
