@@ -1,7 +1,8 @@
 """Which job a log line belongs to: every log record made while a job is being worked on (its
-router task, its generator thread) carries ``job_id`` and ``variant`` attributes. Ray Serve's
+router task, its generator thread) carries ``wan_job_id`` and ``variant`` attributes. Ray Serve's
 JSON logs (``logging_config: {encoding: JSON}``) write a record's extra attributes as fields, so
-each of a job's lines can be found by its id; the text format leaves them out.
+each of a job's lines can be found by its id; the text format leaves them out. Not ``job_id``:
+Ray's logging context owns that name (the Ray job's id) and drops other values of it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def job_context(job_id: str, variant: str) -> Iterator[None]:
 
 def install_job_fields() -> None:
     """Wrap this process's log record factory (once) so records made in a ``job_context`` get
-    ``job_id`` and ``variant``."""
+    ``wan_job_id`` and ``variant``."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "wan_serve_job_fields", False):
         return
@@ -36,7 +37,7 @@ def install_job_fields() -> None:
         record = previous(*args, **kwargs)
         job = _JOB.get()
         if job is not None:
-            record.job_id, record.variant = job
+            record.wan_job_id, record.variant = job
         return record
 
     factory.wan_serve_job_fields = True  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
-"""Structured logs: each log line of a job names it (job_id, variant), as a field of Ray Serve's
-JSON log format."""
+"""Structured logs: each log line of a job names it (wan_job_id, variant), as a field of Ray
+Serve's JSON log format."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def test_records_made_for_a_job_carry_its_id_and_variant_in_json():
         inside = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "working", (), None)
     outside = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "idle", (), None)
     line = json.loads(JSONFormatter().format(inside))
-    assert line["job_id"] == "job-1" and line["variant"] == TI2V and line["message"] == "working"
-    assert "job_id" not in json.loads(JSONFormatter().format(outside))
+    assert line["wan_job_id"] == "job-1" and line["variant"] == TI2V and line["message"] == "working"
+    assert "wan_job_id" not in json.loads(JSONFormatter().format(outside))
 
 
 def test_a_jobs_replica_log_lines_are_json_with_its_id(ray_serve, tmp_path, temporary_apps):
@@ -44,8 +44,10 @@ def test_a_jobs_replica_log_lines_are_json_with_its_id(ray_serve, tmp_path, temp
     import httpx
 
     with httpx.Client(base_url=f"{ray_serve}/jsonlogs", timeout=60) as client:
-        job = client.post("/generate", json={"prompt": "logged", "num_frames": 1, "num_inference_steps": 2}).json()
-        assert wait_terminal(client, job["id"])["status"] == "success"
+        r = client.post("/generate", json={"prompt": "logged", "num_frames": 1, "num_inference_steps": 2})
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert wait_terminal(client, job["id"])[-1]["status"] == "success"
     logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     lines: list[dict] = []
     deadline = time.monotonic() + 30
@@ -56,6 +58,6 @@ def test_a_jobs_replica_log_lines_are_json_with_its_id(ray_serve, tmp_path, temp
                 if job["id"] in raw:
                     lines.append(json.loads(raw))
         time.sleep(0.5)
-    mine = [line for line in lines if line.get("job_id") == job["id"]]
+    mine = [line for line in lines if line.get("wan_job_id") == job["id"]]
     assert [line["message"].split(":")[1].split()[0] for line in mine] == ["2", "wrote"]
     assert all(line["variant"] == TI2V and line["levelname"] == "INFO" for line in mine)
