@@ -328,17 +328,17 @@ class JobEngine:
             )
         if spec.filename and (self.store.filename_owner(spec.filename) or self.files.exists(spec.filename)):
             raise FilenameTaken(f"filename {spec.filename!r} is already used by another job; choose another name")
-        with self.store.transaction():  # the job and its first event: one commit
-            rec = self.store.insert(spec, idempotency_key, request_hash or None, created_at=self.clock())
-            self.queue.push(spec.id, spec.variant, spec.owner)
-            try:
+        try:
+            with self.store.transaction():  # the job, its first event and the rotation: one commit
+                rec = self.store.insert(spec, idempotency_key, request_hash or None, created_at=self.clock())
+                self.queue.push(spec.id, spec.variant, spec.owner)
                 self._sync_rotation(spec.variant)
                 view = self.reader.view(rec, position=self.queue.position(rec.id))
                 self.store.append_event(rec.id, JobEvent.of(view))
-            except BaseException:
-                self.queue.remove(spec.id)  # rolled back with the insert, and the rotation with it
-                self._rotations[spec.variant] = None
-                raise
+        except BaseException:  # nothing was stored (the commit failed, or a write before it)
+            self.queue.remove(spec.id)
+            self._rotations[spec.variant] = None  # the rotation's write went with the rollback
+            raise
         self._submitted.setdefault(spec.owner, deque()).append(rec.created_at)
         if self.metrics is not None:
             self.metrics.submitted(rec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -24,6 +25,8 @@ from jobs.ownership import OPEN, Caller
 from jobs.store import JobStore
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 #: Seconds between one process's checks of the store for new events of the jobs it is asked
 #: about (one query for all of them, a read of an index): the added latency of an event, at most.
@@ -276,7 +279,12 @@ class EventWatch:
 
     async def _poll(self) -> None:
         while self._waiting:
-            counts = await self._read(self.reader.store.event_counts, list(self._waiting))
+            try:
+                counts = await self._read(self.reader.store.event_counts, list(self._waiting))
+            except Exception:  # the store failed: listeners still re-read every refresh_s
+                logger.warning("polling the job store for events failed", exc_info=True)
+                await asyncio.sleep(self.refresh_s)
+                continue
             for job_id, listeners in list(self._waiting.items()):
                 stored = counts.get(job_id, 0)
                 for woken, seen in listeners.items():
