@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import typer
@@ -410,7 +411,7 @@ def k8s_render(
     stale = []
     for path in profiles:
         profile, base = ClusterProfile.load(path)
-        manifest = base / profile.manifest
+        manifest = Path(os.path.normpath(base / profile.manifest))
         old = manifest.read_text()
         new = write_into(old, serve_config_text(render(profile, base)))
         if new == old:
