@@ -358,7 +358,8 @@ class Generator:
         )
 
     async def generate(self, spec: JobSpec) -> AsyncIterator[ProgressEvent | JobResult]:
-        """Run ``spec``; yields ProgressEvents, then one JobResult. Call with ``stream=True``.
+        """Run ``spec``; yields ProgressEvents (the first, phase ``loading``, as soon as this replica
+        takes the job), then one JobResult. Call with ``stream=True``.
 
         The pipeline runs in a worker thread so the replica's event loop stays free. When
         the caller cancels the stream, the job stops after its current denoising step
@@ -396,6 +397,9 @@ class Generator:
                 emit(_DONE)
 
         async with self._busy:
+            # The first event says a replica has taken the job: until then the router keeps it
+            # queued (it may wait at the handle for a replica that autoscaling is starting).
+            yield ProgressEvent(phase=Phase.loading, gpu_id=self.gpu_id)
             earlier = self._finished.get(spec.id)
             if earlier is not None and self.files.exists(earlier.filename):
                 yield earlier

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Collection, Mapping
+from typing import Literal
 
 import ray.exceptions
 from pydantic import BaseModel, Field
 from ray import serve
 
 from jobs.errors import ModelUnavailable, exception_chain
+from model_store.variants import VariantConfig
 
 logger = logging.getLogger("ray.serve")
 
@@ -26,15 +29,42 @@ GENERATOR_STATUS_POLL_S = 2.0
 FAILED_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
 
 
+def replica_start_s(configs: Mapping[str, VariantConfig]) -> dict[str, float]:
+    """Variant -> a new replica's expected start, seconds, for the variants that autoscale."""
+    return {
+        name: cfg.deployment.autoscaling.expected_start_s
+        for name, cfg in configs.items()
+        if cfg.deployment.autoscaling is not None
+    }
+
+
+def scales_to_zero(configs: Mapping[str, VariantConfig]) -> frozenset[str]:
+    """The variants that may have no replica on purpose (autoscaling with min_replicas 0)."""
+    return frozenset(name for name, cfg in configs.items() if cfg.deployment.scales_to_zero)
+
+
 def generator_deployment_name(variant: str) -> str:
     """Ray Serve deployment name of ``variant``'s generator, e.g. ``generator-ti2v-5b``."""
     return f"generator-{variant}"
 
 
+#: What a generator deployment is doing (GeneratorStatus.state).
+GeneratorState = Literal["running", "scaled_to_zero", "starting", "failed"]
+
+#: Replica states in which Ray Serve is bringing a replica up (scheduling it, or running its constructor).
+STARTING_STATES = frozenset({"STARTING", "PENDING_MIGRATION", "RECOVERING"})
+
+
 class GeneratorStatus(BaseModel):
     """One variant's generator deployment as Ray Serve reports it."""
 
-    ready: bool = Field(description="At least one replica is running.")
+    ready: bool = Field(
+        description="At least one replica is running, or the variant autoscales from zero and is not failing."
+    )
+    state: GeneratorState = Field(
+        description="running: a replica runs; scaled_to_zero: none, on purpose (autoscaling with min_replicas 0, "
+        "idle); starting: a replica is being brought up; failed: Ray Serve gave up starting one or sees it failing."
+    )
     running_replicas: int
     deployment_status: str = Field(description="Ray Serve's DeploymentStatus, e.g. HEALTHY, UPDATING, DEPLOY_FAILED.")
     reason: str | None = Field(
@@ -53,8 +83,8 @@ class GeneratorStatus(BaseModel):
 
     @property
     def failed(self) -> bool:
-        """Not ready, and Ray Serve has given up or sees it failing (not merely starting)."""
-        return not self.ready and self.deployment_status in FAILED_STATES
+        """Ray Serve has given up starting a replica or sees them failing (not merely starting)."""
+        return self.state == "failed"
 
 
 def public_reason(message: str | None) -> str | None:
@@ -70,20 +100,35 @@ def public_reason(message: str | None) -> str | None:
     return _PATH.sub("<path>", line)[:500]
 
 
-def generator_statuses(app_name: str, variants: list[str]) -> dict[str, GeneratorStatus]:
-    """The status of each variant's generator in application ``app_name``. Blocking (asks the
-    Serve controller); call it from a worker thread in async code."""
+def generator_statuses(
+    app_name: str, variants: list[str], scales_to_zero: Collection[str] = ()
+) -> dict[str, GeneratorStatus]:
+    """The status of each variant's generator in application ``app_name``; a variant in
+    ``scales_to_zero`` (autoscaling with min_replicas 0) is ready without a replica unless it is
+    failing. Blocking (asks the Serve controller); call it from a worker thread in async code."""
     deployments = serve.status().applications[app_name].deployments
     result = {}
     for name in variants:
         dep = deployments.get(generator_deployment_name(name))
-        running = (dep.replica_states or {}).get("RUNNING", 0) if dep else 0
+        states = {str(getattr(k, "value", k)): v for k, v in (dep.replica_states or {}).items()} if dep else {}
+        running = states.get("RUNNING", 0)
         status = str(dep.status.value if dep else "MISSING")
+        starting = any(states.get(s, 0) for s in STARTING_STATES)
+        state: GeneratorState
+        if running:
+            state = "running"
+        elif status in FAILED_STATES:
+            state = "failed"
+        elif name in scales_to_zero and not starting and dep is not None:
+            state = "scaled_to_zero"
+        else:
+            state = "starting"
         reason = None
-        if running == 0:
+        if state in ("failed", "starting"):
             reason = public_reason(dep.message if dep else None) or "no generator replica is running yet"
+        ready = state == "running" or (name in scales_to_zero and state != "failed")
         result[name] = GeneratorStatus(
-            ready=running > 0, running_replicas=running, deployment_status=status, reason=reason
+            ready=ready, state=state, running_replicas=running, deployment_status=status, reason=reason
         )
     return result
 
@@ -96,10 +141,22 @@ class GeneratorWatch:
     warning with the reason and counted in ``errors``.
     """
 
-    def __init__(self, app_name: str, variants: list[str], poll_s: float = GENERATOR_STATUS_POLL_S) -> None:
+    def __init__(
+        self,
+        app_name: str,
+        variants: list[str],
+        poll_s: float = GENERATOR_STATUS_POLL_S,
+        scales_to_zero: Collection[str] = (),
+    ) -> None:
         self.app_name, self.variants, self.poll_s = app_name, variants, poll_s
+        self.scales_to_zero = frozenset(scales_to_zero)
         self.statuses: dict[str, GeneratorStatus] = {}
         self.errors = 0
+
+    def replica_running(self, variant: str) -> bool:
+        """Whether ``variant`` has a running replica, as last seen (True before the first look)."""
+        status = self.statuses.get(variant)
+        return status is None or status.running_replicas > 0
 
     def ready(self, variant: str) -> bool:
         """False while ``variant``'s generator is failing (its jobs wait until a replica runs)."""
@@ -109,7 +166,9 @@ class GeneratorWatch:
     async def run(self) -> None:
         while True:
             try:
-                self.statuses = await asyncio.to_thread(generator_statuses, self.app_name, self.variants)
+                self.statuses = await asyncio.to_thread(
+                    generator_statuses, self.app_name, self.variants, self.scales_to_zero
+                )
             except Exception as exc:
                 self.errors += 1
                 logger.warning("generator states unreadable (%r, %d times); kept the last", exc, self.errors)

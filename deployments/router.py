@@ -80,6 +80,7 @@ class Router:
             observers=[self.webhooks],
             quotas_of=self.keys.quotas,
             metrics=self.metrics,
+            replica_running=lambda variant: self.watch.replica_running(variant),
         )
         self.engine.recover()  # takes the store's lease: a router still draining stops dispatching
         resumed = self.webhooks.resume()
@@ -128,15 +129,26 @@ class Router:
             await self._run_job(spec)
 
     async def _run_job(self, spec: JobSpec) -> None:
-        run, called = self.engine.running[spec.id], False
+        run, called, started = self.engine.running[spec.id], False, False
         try:
-            self.engine.start(spec.id)
             # A job with LoRA adapters goes to a replica that already has its set loaded (multiplexing).
             set_id = adapter_set_id([lora.name for lora in spec.params.loras])
             handle = self.generators[spec.variant].options(stream=True, multiplexed_model_id=set_id)
+            # The call may wait at the handle for a replica (all busy, or one being started by
+            # autoscaling, which counts such calls): the job stays queued until a replica takes it.
             stream = self._streams[spec.id] = handle.generate.remote(spec)
             called = True
             async for item in stream:
+                if not started:  # the replica's first event: it has the job
+                    try:
+                        self.engine.start(spec.id, getattr(item, "gpu_id", None))
+                    except Exception:  # unwritten, so it did not start: stop the replica's run
+                        stream.cancel()
+                        called = False
+                        raise
+                    started = True
+                    if isinstance(item, ProgressEvent) and item.step == 0:
+                        continue
                 if isinstance(item, ProgressEvent):
                     self.engine.progress(spec.id, item)
                 elif isinstance(item, JobResult):
@@ -151,8 +163,10 @@ class Router:
                 return
             try:
                 if called:
+                    if not started:  # the replica refused it before any event: that was its attempt
+                        self.engine.start(spec.id)
                     self._wake_in(self.engine.failed(spec.id, exc, replica_died(exc)))
-                else:  # nothing reached a generator (the store failed): back to the front, no attempt spent
+                else:  # the store failed before the job started: back to the front, no attempt spent
                     self.health.store_failed(exc)
                     self._wake_in(STORE_RETRY_S)
                     self.engine.hand_back(spec.id, STORE_RETRY_S)
@@ -264,15 +278,20 @@ class Router:
     # ---- background loops -----------------------------------------------------------------------
 
     def gauges(self) -> dict[str, dict[str, int]]:
-        """Per variant: queued and running jobs, and target and live generator replicas."""
+        """Per variant: queued and running jobs, and target and live generator replicas. The target
+        of a variant that autoscales is what its queue asks Ray Serve for: its queued and running
+        jobs, between min_replicas and max_replicas; else its fixed replica count."""
         load = self.engine.load()
         out: dict[str, dict[str, int]] = {}
         for variant, counts in load.items():
             status = self.watch.statuses.get(variant)
+            target = slots = self.config.engine.slots[variant]
+            if (low := self.config.min_replicas.get(variant)) is not None:
+                target = min(max(counts["queued"] + counts["running"], low), slots)
             out[variant] = {
                 "queued": counts["queued"],
                 "running": counts["running"],
-                "target": self.config.engine.slots[variant],
+                "target": target,
                 "live": status.running_replicas if status is not None else 0,
             }
         return out

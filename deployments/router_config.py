@@ -24,6 +24,11 @@ class RouterConfig(BaseModel):
     file_url_ttl_s: float = Field(
         default=DEFAULT_FILE_URL_TTL_S, description="Validity of the signed file_url in webhook payloads, seconds."
     )
+    min_replicas: dict[str, int] = Field(
+        default={},
+        description="Variant -> its autoscaling min_replicas, for the variants that autoscale (their "
+        "max_replicas is the engine's slots); the replica gauge's target is their queue-driven target.",
+    )
     fault_file: str | None = Field(
         default=None,
         description="The fault switch's file (deployments/faults.py), for the job store's faults; None: none can fire.",

@@ -40,7 +40,7 @@ from jobs.metrics import JobMetrics
 from jobs.model import JobRecord, JobResult, JobSpec, JobStatus, JobView, Phase, ProgressEvent
 from jobs.ownership import OPEN, QUOTA_WINDOW_S, Caller, Quotas
 from jobs.queue import JobQueue
-from jobs.reader import EventWatch, JobReader, scoped_key
+from jobs.reader import EventWatch, JobReader, replica_start_delay, scoped_key
 from jobs.retention import expired_jobs, files_over_cap
 from jobs.store import JobStore
 
@@ -65,7 +65,15 @@ class EngineConfig(BaseModel):
     queue: QueuePolicy = Field(default_factory=QueuePolicy, description="Queue bound, attempts, unavailable variants.")
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy, description="Purging ended jobs and files.")
     circuit_breaker: CircuitConfig = Field(default_factory=CircuitConfig, description="Per-variant circuit breaker.")
-    slots: dict[str, int] = Field(description="Variant -> generator replicas, i.e. jobs it may run at once.")
+    slots: dict[str, int] = Field(
+        description="Variant -> jobs it may run at once: its generator replicas, or its autoscaling max_replicas."
+    )
+    replica_start_s: dict[str, float] = Field(
+        default={},
+        description="Variant -> seconds a new generator replica takes to start, for the variants that autoscale "
+        "(model_store/variants.py Autoscaling.expected_start_s); a queued job of such a variant with no "
+        "running replica has it added to its ETA.",
+    )
     retry_after_s: int = Field(
         default=30, ge=1, description="Retry-After of a 429 before any job duration was measured, seconds."
     )
@@ -104,6 +112,8 @@ class JobEngine:
         quotas_of: an owner's (API key's) quotas, for jobs queued before this engine saw the key
             submit (after a restart); default: no limits.
         metrics: told of every stored job and committed change (jobs/metrics.py); None measures nothing.
+        replica_running: whether a variant has a running generator replica now (for queued jobs' ETAs
+            and ``waiting_for_replica``); default: always.
 
     Every call that reads or changes a job takes the ``caller`` (jobs/ownership.py) and sees only
     that caller's jobs; an unknown job and another key's job both raise ``JobNotFound``.
@@ -119,6 +129,7 @@ class JobEngine:
         monotonic: Callable[[], float] = time.monotonic,
         quotas_of: Callable[[str], Quotas | None] | None = None,
         metrics: JobMetrics | None = None,
+        replica_running: Callable[[str], bool] = lambda variant: True,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -129,7 +140,13 @@ class JobEngine:
         self.clock, self.monotonic = clock, monotonic
         self.queue = JobQueue()
         self.running: dict[str, RunningJob] = {}
-        self.reader = JobReader(store, files, lambda variant: config.slots.get(variant, 1), clock)
+        self.reader = JobReader(
+            store,
+            files,
+            lambda variant: config.slots.get(variant, 1),
+            clock,
+            start_delay_of=replica_start_delay(config.replica_start_s, replica_running),
+        )
         self._watch: EventWatch | None = None
         self._last_events: dict[str, JobEvent] = {}  # running job -> its newest stored event
         self._rotations: dict[str, list[str] | None] = {}  # variant -> the lane rotation stored (None: unknown)
@@ -458,14 +475,18 @@ class JobEngine:
                 started.append(rec.spec)
             self._sync_rotation(variant)
 
-    def start(self, job_id: str) -> None:
-        """The job's generator call is about to be made: it is running, one more attempt."""
+    def start(self, job_id: str, gpu_id: str | None = None) -> None:
+        """A generator replica (on ``gpu_id``, when known) has taken the dispatched job: it is
+        running, one more attempt. Until then a dispatched job stays ``queued`` in the store."""
         run = self.running[job_id]
         run.started = self.clock()
         run.attempts = self._get(job_id).attempts + 1
-        self._update(
-            job_id, status=JobStatus.running, phase=Phase.loading, started_at=run.started, attempts=run.attempts
+        fields: dict[str, Any] = dict(
+            status=JobStatus.running, phase=Phase.loading, started_at=run.started, attempts=run.attempts
         )
+        if gpu_id is not None:
+            fields["gpu_id"] = gpu_id
+        self._update(job_id, **fields)
 
     def progress(self, job_id: str, item: ProgressEvent) -> None:
         """A progress report from the generator (a canceled job's is only noted for its file's name)."""

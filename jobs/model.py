@@ -248,6 +248,13 @@ class JobError(BaseModel):
     message: str = Field(description="What went wrong and what to do.")
 
 
+#: What ``waiting_for_replica`` means, wherever a job's view carries it.
+WAITING_FOR_REPLICA = (
+    "True for a queued job whose variant has no running generator replica (scaled to zero, one starting): it "
+    "waits for one, and eta_seconds includes the replica's expected start."
+)
+
+
 class JobView(BaseModel):
     """A job as callers see it: no server paths, hashes or keys; with live queue position and ETA.
 
@@ -282,9 +289,16 @@ class JobView(BaseModel):
     started_at: float | None
     finished_at: float | None
     replayed: bool = Field(default=False, description="True when an Idempotency-Key matched an existing job.")
+    waiting_for_replica: bool = Field(default=False, description=WAITING_FOR_REPLICA)
 
     @classmethod
-    def of(cls, rec: JobRecord, queue_position: int | None = None, eta_seconds: float | None = None) -> JobView:
+    def of(
+        cls,
+        rec: JobRecord,
+        queue_position: int | None = None,
+        eta_seconds: float | None = None,
+        waiting_for_replica: bool = False,
+    ) -> JobView:
         spec = rec.spec
         return cls(
             id=rec.id,
@@ -313,4 +327,5 @@ class JobView(BaseModel):
             created_at=rec.created_at,
             started_at=rec.started_at,
             finished_at=rec.finished_at,
+            waiting_for_replica=waiting_for_replica,
         )

@@ -42,6 +42,19 @@ def scoped_key(key: str, owner: str | None) -> str:
     return key if owner is None else f"{owner}:{key}"
 
 
+def replica_start_delay(
+    replica_start_s: dict[str, float], replica_running: Callable[[str], bool]
+) -> Callable[[str], float | None]:
+    """A variant -> the seconds its queued jobs wait for a replica to start: its expected start
+    (``replica_start_s``, the variants that autoscale) while none is running, else None."""
+
+    def delay(variant: str) -> float | None:
+        start = replica_start_s.get(variant)
+        return None if start is None or replica_running(variant) else start
+
+    return delay
+
+
 class JobReader:
     """Views of the jobs in ``store``, as callers see them.
 
@@ -50,6 +63,8 @@ class JobReader:
         files: the result files (to check that a download's file exists).
         slots_of: a variant's generator replicas, i.e. jobs it runs at once (for queued ETAs).
         clock: Unix seconds.
+        start_delay_of: seconds until a variant's first replica is expected up, None when one runs
+            (``replica_start_delay``); added to its queued jobs' ETAs.
 
     Every call takes the ``caller`` (jobs/ownership.py) and sees only that caller's jobs; an unknown
     job and another key's job both raise ``JobNotFound``. Thread-safe as the store is.
@@ -61,11 +76,13 @@ class JobReader:
         files: ResultFiles,
         slots_of: Callable[[str], int],
         clock: Callable[[], float] = time.time,
+        start_delay_of: Callable[[str], float | None] = lambda variant: None,
     ) -> None:
         self.store = store
         self.files = files
         self.slots_of = slots_of
         self.clock = clock
+        self.start_delay_of = start_delay_of
 
     def get(self, job_id: str, caller: Caller = OPEN) -> JobRecord:
         """The job, if ``caller`` may see it. Raises JobNotFound (the same for another key's job)."""
@@ -116,7 +133,10 @@ class JobReader:
             if avg is not None
             else [],
         )
-        return JobView.of(rec, queue_position=position, eta_seconds=eta)
+        start_s = self.start_delay_of(rec.variant)
+        if start_s is not None and eta is not None:
+            eta += start_s
+        return JobView.of(rec, queue_position=position, eta_seconds=eta, waiting_for_replica=start_s is not None)
 
     def status(self, job_id: str, caller: Caller = OPEN) -> JobView:
         """Raises JobNotFound."""

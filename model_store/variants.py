@@ -118,12 +118,83 @@ class WeightsSource(BaseModel):
         return self
 
 
+class Autoscaling(BaseModel):
+    """Queue-driven replica autoscaling of one variant's generator deployment.
+
+    The router keeps as many of the variant's jobs outstanding at the generator's handle as
+    ``max_replicas`` allows (queued and running jobs together), and each replica runs one job; Ray
+    Serve's autoscaler counts the calls waiting at a handle, so with one job per replica
+    (``target_ongoing_requests: 1``) its target is the variant's queued plus running jobs, between
+    ``min_replicas`` and ``max_replicas``. A call waiting at the handle of a variant at zero
+    replicas brings one up. Delays are Ray Serve's ``AutoscalingConfig`` fields of the same names.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(
+        default=0, ge=0, description="Fewest replicas; 0 lets an idle variant give its GPUs back."
+    )
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas, i.e. jobs of this variant running at once.")
+    upscale_delay_s: float = Field(
+        default=0.0, ge=0, description="Seconds the queue must ask for more replicas before one is added."
+    )
+    downscale_delay_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds the queue must ask for fewer replicas before one is stopped (a stopped replica "
+        "finishes its job first: graceful_shutdown_timeout_s is the variant's longest job).",
+    )
+    downscale_to_zero_delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds idle before the last replica is stopped (with min_replicas 0); None: downscale_delay_s.",
+    )
+    expected_start_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Seconds a new replica takes to be scheduled, load its weights and warm up; added to the ETA "
+        "of a job that waits for one. bench/cold_start.py measures it; 120 s is the order of a 14B "
+        "variant loading from a local NVMe volume (tens of GB at a few GB/s, plus warm-up).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
+
+    def serve_config(self) -> dict:
+        """Ray Serve's ``autoscaling_config`` for the generator deployment."""
+        out = {
+            "min_replicas": self.min_replicas,
+            "initial_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            # One job per replica (max_ongoing_requests=1): the target is the number of jobs.
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+            # Short windows: a job is minutes long, so there is no burst to smooth, and a queued job
+            # should bring a replica up at once.
+            "metrics_interval_s": 1.0,
+            "look_back_period_s": 2.0,
+        }
+        if self.downscale_to_zero_delay_s is not None:
+            out["downscale_to_zero_delay_s"] = self.downscale_to_zero_delay_s
+        return out
+
+
 class DeploymentOptions(BaseModel):
     """Ray Serve options for this variant's generator deployment."""
 
     model_config = ConfigDict(extra="forbid")
 
-    num_replicas: int = Field(default=1, ge=1, description="Generator replicas; one per GPU on GPU configs.")
+    num_replicas: int = Field(
+        default=1, ge=1, description="Generator replicas (one per GPU on GPU configs); ignored with autoscaling."
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Queue-driven autoscaling between min_replicas and max_replicas; None: num_replicas, fixed.",
+    )
     num_gpus: float = Field(default=0, ge=0, description="ray_actor_options.num_gpus per replica: 1 on GPU, 0 on CPU.")
     num_cpus: float = Field(default=1, ge=0, description="ray_actor_options.num_cpus per replica.")
     resources: dict[str, float] = Field(
@@ -140,6 +211,16 @@ class DeploymentOptions(BaseModel):
         description="LoRA adapter sets a replica keeps loaded (Ray Serve multiplexing LRU); "
         "jobs go to a replica that has their set. A rank-64 LoRA of a 14B expert is a few hundred MB.",
     )
+
+    @property
+    def max_jobs(self) -> int:
+        """Jobs of this variant that run at once at most: the router's dispatch slots."""
+        return self.autoscaling.max_replicas if self.autoscaling is not None else self.num_replicas
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Whether the variant may have no replica on purpose (autoscaling with min_replicas 0)."""
+        return self.autoscaling is not None and self.autoscaling.min_replicas == 0
 
 
 class Timeouts(BaseModel):

@@ -13,7 +13,7 @@ from ray.serve import Application
 
 from auth.signed_urls import DEFAULT_FILE_URL_TTL_S, derive_key
 from deployments.generator import Generator
-from deployments.replica_status import generator_deployment_name
+from deployments.replica_status import generator_deployment_name, replica_start_s
 from deployments.router import Router
 from deployments.router_config import RouterConfig
 from jobs.circuit_breaker import CircuitConfig
@@ -140,6 +140,15 @@ def replica_bundles(cfg: VariantConfig) -> dict:
     return {"placement_group_bundles": [bundle] * world, "placement_group_strategy": "STRICT_PACK"}
 
 
+def replica_count(cfg: VariantConfig) -> dict:
+    """Ray Serve options for how many generator replicas ``cfg`` runs: a fixed ``num_replicas``, or
+    an ``autoscaling_config`` (model_store/variants.py Autoscaling)."""
+    scaling = cfg.deployment.autoscaling
+    if scaling is None:
+        return {"num_replicas": cfg.deployment.num_replicas}
+    return {"autoscaling_config": scaling.serve_config()}
+
+
 def build_app(args: dict | AppArgs | None = None) -> Application:
     """Build the wan-serve application from ``args`` (a dict from serve_config.yaml, or AppArgs).
 
@@ -167,7 +176,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         # serve.deployment adds .options and .bind, which mypy cannot see on a decorated class.
         name: Generator.options(  # type: ignore[attr-defined]
             name=generator_deployment_name(name),
-            num_replicas=cfg.deployment.num_replicas,
+            **replica_count(cfg),
             ray_actor_options={
                 "num_gpus": cfg.deployment.num_gpus,
                 "num_cpus": cfg.deployment.num_cpus,
@@ -195,7 +204,8 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         queue=_policy(QueuePolicy, args),
         retention=retention,
         circuit_breaker=args.circuit_breaker,
-        slots={name: cfg.deployment.num_replicas for name, cfg in configs.items()},
+        slots={name: cfg.deployment.max_jobs for name, cfg in configs.items()},
+        replica_start_s=replica_start_s(configs),
     )
     control = (
         {"ray_actor_options": {"num_cpus": 0, "resources": args.control_resources}} if args.control_resources else {}
@@ -211,6 +221,11 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
             webhook_secret=secret,
             file_url_ttl_s=args.file_url_ttl_s,
             fault_file=str(args.fault_file) if args.fault_file else None,
+            min_replicas={
+                name: cfg.deployment.autoscaling.min_replicas
+                for name, cfg in configs.items()
+                if cfg.deployment.autoscaling is not None
+            },
         ),
         generators=generators,
     )

@@ -19,11 +19,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from auth.signed_urls import DEFAULT_FILE_URL_TTL_S, UrlSigner
-from deployments.replica_status import generator_statuses
+from deployments.replica_status import GeneratorWatch, generator_statuses, replica_start_s, scales_to_zero
 from jobs.config import DataLayout
 from jobs.files import ResultFiles
 from jobs.objects import ObjectStore
 from jobs.ownership import Caller
+from jobs.reader import replica_start_delay
 from model_store.settings import StoreSettings
 from model_store.variants import VariantConfig
 from serve_app import errors
@@ -81,7 +82,9 @@ class HealthRoutes:
         """Readiness: every configured variant has at least one running generator replica. Without a
         valid key (when keys are needed) only ``status``; with one, each variant's replicas too."""
         app_name = serve.get_replica_context().app_name
-        statuses = await asyncio.to_thread(generator_statuses, app_name, sorted(self.jobs.variants))
+        statuses = await asyncio.to_thread(
+            generator_statuses, app_name, sorted(self.jobs.variants), scales_to_zero(self.jobs.variants)
+        )
         ready = all(st.ready for st in statuses.values())
         body: dict = {"status": "ready" if ready else "not_ready"}
         if caller is not None:
@@ -182,10 +185,14 @@ class Ingress(GenerateRoutes, VideosRoutes, ImagesRoutes, VariantsRoutes, Health
         self.layout = layout
         self.objects = ObjectStore(storage_url or layout.data_dir)
         self.results = ResultFiles(self.objects)
+        # Which variants have a running replica, for the ETA of a job waiting on a scale-up.
+        self.replicas = GeneratorWatch(serve.get_replica_context().app_name, sorted(variants))
+        self._replica_watch = asyncio.create_task(self.replicas.run())
         self.reads = JobReads(
             (job_store_url.get_secret_value() if job_store_url else None) or str(layout.jobs_db),
             self.objects,
-            {name: cfg.deployment.num_replicas for name, cfg in variants.items()},
+            {name: cfg.deployment.max_jobs for name, cfg in variants.items()},
+            replica_start_delay(replica_start_s(variants), self.replicas.replica_running),
         )
         self.downloads = downloads
         self.file_url_ttl_s = file_url_ttl_s

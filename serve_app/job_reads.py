@@ -32,12 +32,25 @@ class JobReads:
         job_store_url: the job store's database (jobs/database.py ``database_url``).
         objects: the object store of results.
         slots: variant -> generator replicas (jobs it runs at once), for queued jobs' ETAs.
+        start_delay_of: seconds until a variant's first replica is expected up, None when one runs
+            (jobs/reader.py ``replica_start_delay``).
     """
 
-    def __init__(self, job_store_url: str, objects: ObjectStore, slots: dict[str, int]) -> None:
+    def __init__(
+        self,
+        job_store_url: str,
+        objects: ObjectStore,
+        slots: dict[str, int],
+        start_delay_of: Callable[[str], float | None] = lambda variant: None,
+    ) -> None:
         self.store = SqlJobStore(job_store_url)
         self.slots = slots
-        self.reader = JobReader(self.store, ResultFiles(objects), lambda variant: self.slots.get(variant, 1))
+        self.reader = JobReader(
+            self.store,
+            ResultFiles(objects),
+            lambda variant: self.slots.get(variant, 1),
+            start_delay_of=start_delay_of,
+        )
         self.inline = self.store.db.dialect == "sqlite"
         self.watch = EventWatch(self.reader, inline=self.inline)
         self.webhooks = WebhookStore(self.store.db)

@@ -7,7 +7,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from jobs.model import DEFAULT_WEBHOOK_EVENTS, JobStatus, LoraRef, OutputFormat, WebhookEvent, WebhookSpec
+from jobs.model import (
+    DEFAULT_WEBHOOK_EVENTS,
+    WAITING_FOR_REPLICA,
+    JobStatus,
+    LoraRef,
+    OutputFormat,
+    WebhookEvent,
+    WebhookSpec,
+)
 from media.fit import Fit
 from model_store.variants import API_SIZES, upload_roles
 from webhooks.guard import MAX_URL_LENGTH
@@ -149,6 +157,7 @@ class GenerateAccepted(BaseModel):
     status: Literal["queued"] = "queued"
     queue_position: int | None = Field(description="1 = next of its variant to start.")
     eta_seconds: float | None = Field(description="Estimated seconds until the video is written; null until measured.")
+    waiting_for_replica: bool = Field(default=False, description=WAITING_FOR_REPLICA)
     gpu_assigned: str | None = Field(default=None, description="Always null at submission; see /status.")
 
 
@@ -172,6 +181,7 @@ class JobStatusResponse(BaseModel):
     total_steps: int = Field(description="Denoising steps in this job.")
     queue_position: int | None = Field(description="1 = next of its variant to start; null unless queued.")
     eta_seconds: float | None = Field(description="Estimated seconds until done; null when unknown or finished.")
+    waiting_for_replica: bool = Field(default=False, description=WAITING_FOR_REPLICA)
     gpu_id: str | None = Field(description="GPU index of the replica that ran it, or 'cpu'.")
     attempts: int = Field(
         default=0,

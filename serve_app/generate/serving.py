@@ -417,7 +417,12 @@ class JobService:
 
     @staticmethod
     def accepted(view: JobView) -> GenerateAccepted:
-        return GenerateAccepted(id=view.id, queue_position=view.queue_position, eta_seconds=view.eta_seconds)
+        return GenerateAccepted(
+            id=view.id,
+            queue_position=view.queue_position,
+            eta_seconds=view.eta_seconds,
+            waiting_for_replica=view.waiting_for_replica,
+        )
 
     def signed(self, url: str | None) -> str | None:
         """A download path as a signed, expiring URL (None stays None)."""
@@ -435,6 +440,7 @@ class JobService:
             total_steps=view.total_steps,
             queue_position=view.queue_position,
             eta_seconds=view.eta_seconds,
+            waiting_for_replica=view.waiting_for_replica,
             gpu_id=view.gpu_id,
             attempts=view.attempts,
             seed=view.params.seed,

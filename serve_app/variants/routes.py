@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 from ray import serve
 
-from deployments.replica_status import GeneratorStatus, generator_statuses
+from deployments.replica_status import GeneratorStatus, generator_statuses, scales_to_zero
 from serve_app.authentication import current_caller
 from serve_app.errors import ERROR_RESPONSES
 from serve_app.job_reads import JobReads
@@ -33,7 +33,8 @@ class VariantsRoutes:
 
     async def _statuses(self) -> dict[str, GeneratorStatus]:
         app_name = serve.get_replica_context().app_name
-        return await asyncio.to_thread(generator_statuses, app_name, sorted(self.catalog.jobs.variants))
+        variants = self.catalog.jobs.variants
+        return await asyncio.to_thread(generator_statuses, app_name, sorted(variants), scales_to_zero(variants))
 
     @router.get(
         "/metrics",

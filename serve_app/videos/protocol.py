@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.model import WAITING_FOR_REPLICA
+
 
 class VideoError(BaseModel):
     code: str = Field(description="Stable machine-readable code, as in the /generate API (e.g. canceled).")
@@ -42,6 +44,7 @@ class Video(BaseModel):
     eta_seconds: float | None = Field(
         default=None, description="Estimated seconds until done; null when unknown or ended."
     )
+    waiting_for_replica: bool = Field(default=False, description=WAITING_FOR_REPLICA)
 
 
 class VideoList(BaseModel):

@@ -80,4 +80,5 @@ class VideosService:
             remixed_from_video_id=view.remixed_from,
             queue_position=view.queue_position,
             eta_seconds=view.eta_seconds,
+            waiting_for_replica=view.waiting_for_replica,
         )
