@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # Ray Serve's proxy bounds request bodies as they stream in (serve_app/body_limit.py).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= serve_app.body_limit:proxy_middlewares
 
-.PHONY: install tiny browser postgres serve lint format test soak test-gpu bench bench-recovery bench-memory bench-gpu clean
+.PHONY: install tiny browser postgres serve lint format test soak test-gpu bench bench-cold-start bench-recovery bench-memory bench-gpu clean
 
 # torch is pinned and installed first: this machine has a CPU wheel of torch 2.13.0 on disk,
 # and an unpinned torch would pull several GB of CUDA packages.
@@ -83,6 +83,9 @@ bench: tiny
 	$(PY) bench/job_latency.py --variant ti2v-5b-tiny t2v-a14b-tiny i2v-a14b-tiny vace-14b-tiny qwen-image-edit-tiny --size 1280x720 --jobs 2
 
 # Recovery times after a router kill, a generator crash and a CUDA-style error.
+bench-cold-start: tiny
+	$(PY) bench/cold_start.py --variant ti2v-5b-tiny --rounds 3
+
 bench-recovery: tiny
 	$(PY) bench/recovery.py --rounds 2
 

@@ -92,6 +92,7 @@ class Generator:
         model_dir: str | None = None,
         storage_url: str | None = None,
     ) -> None:
+        self.constructed_at = time.time()  # Unix seconds: bench/cold_start.py splits a cold start here
         install_job_fields()
         if variant.deployment.torch_threads:
             torch.set_num_threads(variant.deployment.torch_threads)
@@ -135,6 +136,7 @@ class Generator:
             if self.fit is not None:
                 write_fit_plan(self.fit, self.objects)
             self.load_seconds = time.perf_counter() - t0
+            self.manifest_check_seconds = loaded.manifest_check_seconds
             self.warmup_seconds = None
             if variant.warmup:
                 left = variant.timeouts.load_s - self.load_seconds
@@ -159,6 +161,7 @@ class Generator:
         # Results of recent jobs: a job dispatched again (its router restarted while it ran here)
         # gets the file already written instead of a second run.
         self._finished: OrderedDict[str, JobResult] = OrderedDict()
+        self.ready_at = time.time()
         logger.info(
             "generator %s ready on %s: load %.1fs, warm-up %s s (compiling %s s)",
             variant.name,
@@ -169,12 +172,16 @@ class Generator:
         )
 
     def info(self) -> dict:
-        """Variant, device, Ray node, timings (seconds), loaded LoRA adapters and the fit plan of this replica."""
+        """Variant, device, Ray node, timings (seconds; ``constructed_at`` and ``ready_at`` are Unix
+        seconds: the constructor's start and end), loaded LoRA adapters and the fit plan of this replica."""
         return {
             "variant": self.variant.name,
             "gpu_id": self.gpu_id,
             "node_id": ray.get_runtime_context().get_node_id(),
+            "constructed_at": self.constructed_at,
+            "ready_at": self.ready_at,
             "load_seconds": self.load_seconds,
+            "manifest_check_seconds": self.manifest_check_seconds,
             "warmup_seconds": self.warmup_seconds,
             "compile_seconds": self.runner.compile_seconds,
             # A parallel replica's other ranks (their process ids); [] for a one-process replica.

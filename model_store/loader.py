@@ -6,6 +6,7 @@ Real weights and tiny twins take exactly this path.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class LoadedVariant:
     prompt_pipe: object | None
     device: torch.device
     fit: FitPlan | None = None
+    manifest_check_seconds: float = 0.0  # hashing the weights against their manifest, part of the load
 
 
 class WontFit(ValueError):
@@ -132,7 +134,7 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
         pull(variant, settings)
     pull_distilled(variant, settings)
     location = variant.weights_location(settings)
-    fit = None
+    fit, manifest_check_seconds = None, 0.0
     if Path(location).is_dir():
         fix = (
             "rebuild it: wan-serve models build-tiny --force"
@@ -140,7 +142,9 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
             else f"`wan-serve models verify {variant.name}` lists the bad files; `wan-serve models pull "
             f"{variant.name}` fetches a good copy"
         )
+        t_check = time.perf_counter()
         check_before_load(Path(location), f"variant {variant.name}", fix)
+        manifest_check_seconds = time.perf_counter() - t_check
         fit = check_fit(variant, Path(location), device_info)
 
     # 2. Load, quantizing while loading where the mode says so.
@@ -182,7 +186,9 @@ def load_variant_pipeline(variant: VariantConfig, settings: StoreSettings | None
     # TI2V-5B's image jobs run WanImageToVideoPipeline on the same modules (image_pipeline).
     pipelines = (variant.pipeline_class,) + (("WanImageToVideoPipeline",) if variant.task == "ti2v" else ())
     check_caches(pipe, variant.speed.profiles, variant.name, pipelines)
-    return LoadedVariant(pipe=pipe, prompt_pipe=prompt_pipe, device=device, fit=fit)
+    return LoadedVariant(
+        pipe=pipe, prompt_pipe=prompt_pipe, device=device, fit=fit, manifest_check_seconds=manifest_check_seconds
+    )
 
 
 def load_pipeline(variant: VariantConfig, settings: StoreSettings | None = None):

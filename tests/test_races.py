@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from deployments.replica_status import generator_deployment_name
 from jobs.model import GenerationParams, JobSpec
 from model_store.variants import Size, load_variant
 from tests.conftest import deploy
@@ -215,6 +216,10 @@ def test_a_job_ended_during_router_start_is_delivered_once(races):
     for attempt in (1, 2):
         races.wait(job_id, until=lambda s: s["status"] == "running" and s["attempts"] == attempt, timeout=120)
         os.kill(races.pid("Router"), signal.SIGKILL)
+        if attempt == 1:
+            # The replica would finish the orphaned first run and hand its result to the second
+            # dispatch (a success); replaced, it runs the job again and meets the second hang.
+            assert races.kill(generator_deployment_name(TI2V))
     s = races.wait(job_id, timeout=180)
     assert s["status"] == "error" and "max_attempts=2" in s["error"]["message"]
     time.sleep(5)  # any second delivery would have come by now
