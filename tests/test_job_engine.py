@@ -426,3 +426,33 @@ def test_a_bulk_delete_goes_in_batches_and_lets_other_work_run(tmp_path):
     # Other work ran between the three batches and saw the jobs go a batch at a time.
     seen = sorted(set(ticks), reverse=True)
     assert seen[:3] == [2 * DELETE_BATCH + 50, DELETE_BATCH + 50, 50], seen
+
+
+def test_a_dispatched_job_stays_queued_until_a_replica_takes_it_and_its_eta_counts_the_start(tmp_path):
+    # Variant "a" autoscales and has no running replica: its queued jobs wait for one to start.
+    running = {"a": False}
+    config = EngineConfig(slots={"a": 2}, replica_start_s={"a": 100.0})
+    engine = JobEngine(
+        config,
+        SqlJobStore(tmp_path / "jobs.db"),
+        ResultFiles(ObjectStore(tmp_path)),
+        clock=Clock(),
+        replica_running=lambda v: running[v],
+    )
+    engine.store.record_job_seconds("a", 40.0)
+    view = engine.submit(_spec(0))
+    assert (view.status, view.waiting_for_replica, view.eta_seconds) == (JobStatus.queued, True, 140.0)
+    (spec,) = engine.dispatchable(lambda v: True)  # its call now waits at the generator's handle
+    waiting = engine.status(spec.id)
+    assert (waiting.status, waiting.attempts, waiting.queue_position) == (JobStatus.queued, 0, 1)
+    running["a"] = True  # the replica is up and takes the job: its first event
+    engine.start(spec.id, gpu_id="0")
+    started = engine.status(spec.id)
+    assert (started.status, started.attempts, started.gpu_id, started.waiting_for_replica) == (
+        JobStatus.running,
+        1,
+        "0",
+        False,
+    )
+    engine.submit(_spec(1))
+    assert engine.status("job1").eta_seconds == 40.0  # a replica runs: no start to wait for
