@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import httpx
 import ray
 import torch
+from local_serve import start_local_serve
 from ray import serve
 
 from deployments.replica_status import generator_deployment_name
@@ -95,11 +95,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/cold_start.json"))
     args = ap.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = start_local_serve()
     scaling = {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": IDLE_S, "downscale_to_zero_delay_s": IDLE_S}
     app_args: dict = {
         "variants": [args.variant],

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import ray
 import torch
+from local_serve import start_local_serve
 from ray import serve
 
 from model_store.variants import load_variant
@@ -63,11 +63,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/job_latency.json"))
     args = ap.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = start_local_serve()
     t0 = time.perf_counter()
     serve.run(build_app({"variants": args.variant, "data_dir": tempfile.mkdtemp()}), name="bench", route_prefix="/")
     deploy_seconds = time.perf_counter() - t0

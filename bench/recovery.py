@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import httpx
 import ray
 import torch
+from local_serve import start_local_serve
 from ray import serve
 
 from deployments.faults import write_faults
@@ -63,11 +63,7 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp())
     fault_file = data_dir / "faults.json"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = start_local_serve()
     serve.run(
         build_app({"variants": [args.variant], "data_dir": str(data_dir), "fault_file": str(fault_file)}),
         name="bench",
