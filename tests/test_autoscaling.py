@@ -140,22 +140,26 @@ def test_a_queue_of_six_runs_two_at_once_on_max_replicas(scaled):
 
 def test_a_replica_scaled_down_mid_job_finishes_it(scaled):
     scaled.wait_at_zero()
-    # Job a holds the first replica 8 s; job b, on the second (newer) replica, 30 s. When a ends the
+    # Job a holds the first replica 20 s; job b, on the second (newer) replica, 35 s. When a ends the
     # queue asks for one replica, and Ray Serve stops the newest (deployment_scheduler.py
-    # _get_replicas_to_stop): the one running b, which must finish b before it goes.
-    scaled.arm({"variant": TINY, "kind": "hang", "at_step": 1, "hang_s": 8, "times": 1})
+    # _get_replicas_to_stop): the one running b, which must finish b before it goes. a's hold
+    # outlasts the second replica's start (about 6 s here), so b cannot land on a's replica.
+    scaled.arm({"variant": TINY, "kind": "hang", "at_step": 1, "hang_s": 20, "times": 1})
     a = scaled.submit("short")["id"]
     wait = time.monotonic() + 90
     while scaled.client.get(f"/status/{a}").json()["status"] != "running":
         assert time.monotonic() < wait
         time.sleep(0.1)
     time.sleep(1)  # a is at its step-1 hang: the next fault is b's
-    scaled.arm({"variant": TINY, "kind": "hang", "at_step": 1, "hang_s": 30, "times": 1})
+    scaled.arm({"variant": TINY, "kind": "hang", "at_step": 1, "hang_s": 35, "times": 1})
     b = scaled.submit("long")["id"]
-    stopping_while_b_ran = False
+    b_started_while_a_ran = stopping_while_b_ran = False
     deadline = time.monotonic() + 150
     while (sb := scaled.client.get(f"/status/{b}").json())["status"] not in ("success", "error", "canceled"):
         assert time.monotonic() < deadline, sb
+        if sb["status"] == "running" and not b_started_while_a_ran:
+            b_started_while_a_ran = scaled.client.get(f"/status/{a}").json()["status"] == "running"
+            assert b_started_while_a_ran, "b started only after a ended: the second replica took too long"
         states = scaled.replica_states()
         if sb["status"] == "running" and states.get("STOPPING", 0) >= 1 and states.get("RUNNING", 0) == 1:
             stopping_while_b_ran = True
