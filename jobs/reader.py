@@ -65,6 +65,8 @@ class JobReader:
         clock: Unix seconds.
         start_delay_of: seconds until a variant's first replica is expected up, None when one runs
             (``replica_start_delay``); added to its queued jobs' ETAs.
+        avg_job_s_of: a variant's average job duration, seconds, for ``view``; default: read from
+            the store each time (the router, the one writer of it, passes what it keeps in memory).
 
     Every call takes the ``caller`` (jobs/ownership.py) and sees only that caller's jobs; an unknown
     job and another key's job both raise ``JobNotFound``. Thread-safe as the store is.
@@ -77,8 +79,10 @@ class JobReader:
         slots_of: Callable[[str], int],
         clock: Callable[[], float] = time.time,
         start_delay_of: Callable[[str], float | None] = lambda variant: None,
+        avg_job_s_of: Callable[[str], float | None] | None = None,
     ) -> None:
         self.store = store
+        self.avg_job_s_of = avg_job_s_of or store.avg_job_seconds
         self.files = files
         self.slots_of = slots_of
         self.clock = clock
@@ -107,20 +111,36 @@ class JobReader:
         """``rec`` as callers see it, with its queue position and ETA as the store has them now.
         The router passes a queued job's ``position`` from its own queue (the same order)."""
         if rec.status == JobStatus.running:
-            return JobView.of(rec, eta_seconds=self.remaining_s(rec, self.store.avg_job_seconds(rec.variant)))
+            return self._view(rec, None, self.avg_job_s_of(rec.variant), [])
         if rec.status != JobStatus.queued:
             return JobView.of(rec)
         position = position or self.store.queue_position(rec)
         if position is None:
             return JobView.of(rec)
-        avg = self.store.avg_job_seconds(rec.variant)
+        avg = self.avg_job_s_of(rec.variant)
+        return self._view(rec, position, avg, self.store.running_progress(rec.variant) if avg is not None else [])
+
+    def _view(
+        self,
+        rec: JobRecord,
+        position: int | None,
+        avg: float | None,
+        running: list[tuple[float | None, int, int, float | None]],
+    ) -> JobView:
+        """``rec``'s view from what the store says of its queue: its ``position`` (queued jobs), its
+        variant's average job ``avg`` (seconds) and ``running`` jobs (JobStore.running_progress)."""
+        if rec.status == JobStatus.running:
+            return JobView.of(rec, eta_seconds=self.remaining_s(rec, avg))
+        if rec.status != JobStatus.queued or position is None:
+            return JobView.of(rec)
+        now = self.clock()
         eta = queued_eta_s(
             position=position,
             slots=self.slots_of(rec.variant),
             avg_job_s=avg,
             running_left_s=[
                 running_remaining_s(
-                    now=self.clock(),
+                    now=now,
                     started_at=started_at,
                     step=step,
                     total_steps=total,
@@ -128,7 +148,7 @@ class JobReader:
                     avg_job_s=avg,
                 )
                 or 0.0
-                for started_at, step, total, step_s in self.store.running_progress(rec.variant)
+                for started_at, step, total, step_s in running
             ]
             if avg is not None
             else [],
@@ -139,8 +159,12 @@ class JobReader:
         return JobView.of(rec, queue_position=position, eta_seconds=eta, waiting_for_replica=start_s is not None)
 
     def status(self, job_id: str, caller: Caller = OPEN) -> JobView:
-        """Raises JobNotFound."""
-        return self.view(self.get(job_id, caller))
+        """The job's view, read in one query (JobStore.get_for_view). Raises JobNotFound (the same
+        for another key's job)."""
+        found = self.store.get_for_view(job_id)
+        if found is None or not caller.sees(found.record.owner):
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return self._view(found.record, found.queue_position, found.avg_job_s, found.running)
 
     def page(
         self, after: str | None, limit: int, descending: bool, caller: Caller = OPEN

@@ -12,22 +12,67 @@ import json
 import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, column, text
 
-from jobs.database import Database, Fenced, StoreHooks
+from jobs.database import Database, Fenced, StoreHooks, sql_text
 from jobs.events import EVENT_ID_SPAN, JobEvent
 from jobs.model import JobRecord, JobSpec, JobStatus
 
-__all__ = ["ETA_EMA_ALPHA", "Database", "Fenced", "JobStore", "SqlJobStore", "StoreHooks"]
+__all__ = ["ETA_EMA_ALPHA", "Database", "Fenced", "JobForView", "JobStore", "SqlJobStore", "StoreHooks"]
 
 #: Weight of the newest job in the moving average of job durations (exponential moving average).
 ETA_EMA_ALPHA = 0.3
 
 #: Terminal statuses, as stored.
 _TERMINAL = (JobStatus.success.value, JobStatus.error.value, JobStatus.canceled.value)
+
+#: The jobs table's columns: JobRecord's fields, one each.
+_JOB_COLUMNS = tuple(JobRecord.model_fields)
+#: What a view needs beyond the job's row: its rank in its own queue lane and its variant's
+#: rotation size (queued jobs only), its variant's average job, and a running job of its variant
+#: (one row per running job, for a queued job only).
+_FOR_VIEW_COLUMNS = (
+    "q_avg",
+    "q_rank",
+    "q_rotating",
+    "r_id",
+    "r_started_at",
+    "r_step",
+    "r_total_steps",
+    "r_step_seconds",
+)
+#: The one query of ``SqlJobStore.get_for_view``. The rank's two forms keep the owner comparison
+#: indexable (jobs_queue). Its result columns are declared, so SQLAlchemy caches their handling
+#: instead of working it out from the cursor on every call (half the cost of a status read).
+_GET_FOR_VIEW = text(
+    "SELECT " + ", ".join(f"j.{name}" for name in _JOB_COLUMNS) + ", s.avg_job_seconds AS q_avg, "
+    "CASE WHEN j.status = :queued THEN CASE WHEN j.owner IS NULL "
+    "THEN (SELECT COUNT(*) FROM jobs q WHERE q.status = :queued AND q.variant = j.variant "
+    "AND q.owner IS NULL AND q.seq <= j.seq) "
+    "ELSE (SELECT COUNT(*) FROM jobs q WHERE q.status = :queued AND q.variant = j.variant "
+    "AND q.owner = j.owner AND q.seq <= j.seq) END END AS q_rank, "
+    "CASE WHEN j.status = :queued THEN (SELECT COUNT(*) FROM queue_rotation t WHERE t.variant = j.variant) "
+    "END AS q_rotating, "
+    "r.id AS r_id, r.started_at AS r_started_at, r.step AS r_step, r.total_steps AS r_total_steps, "
+    "r.step_seconds AS r_step_seconds "
+    "FROM jobs j LEFT JOIN variant_stats s ON s.variant = j.variant "
+    "LEFT JOIN jobs r ON j.status = :queued AND r.status = :running AND r.variant = j.variant "
+    "WHERE j.id = :id"
+).columns(*(column(name) for name in _JOB_COLUMNS + _FOR_VIEW_COLUMNS))
+
+
+@dataclass(frozen=True)
+class JobForView:
+    """A job and what its view needs beyond its record (SqlJobStore.get_for_view)."""
+
+    record: JobRecord
+    queue_position: int | None  #: 1 = next of its variant; None unless queued
+    avg_job_s: float | None  #: its variant's average job duration, seconds (avg_job_seconds)
+    running: list[tuple[float | None, int, int, float | None]]  #: running_progress of its variant, if queued
 
 
 class JobStore(Protocol):
@@ -66,6 +111,7 @@ class JobStore(Protocol):
     def queue_position(self, rec: JobRecord) -> int | None: ...
     def running_of(self, variant: str) -> list[JobRecord]: ...
     def running_progress(self, variant: str) -> list[tuple[float | None, int, int, float | None]]: ...
+    def get_for_view(self, job_id: str) -> JobForView | None: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     def transaction(self) -> AbstractContextManager[Any]: ...
     def claim_lease(self) -> int: ...
@@ -100,13 +146,16 @@ class SqlJobStore:
         return self.db.holds_lease()
 
     def _record(self, row: Any) -> JobRecord:
-        data = dict(row._mapping)
+        return self._record_of(dict(row._mapping))
+
+    @staticmethod
+    def _record_of(data: dict[str, Any]) -> JobRecord:
         data["spec"] = JobSpec.model_validate_json(data["spec"])
         data["result"] = json.loads(data["result"]) if data["result"] else None
         return JobRecord.model_validate(data)
 
     def _rows(self, sql: str, params: dict[str, Any] | None = None, *expanding: str) -> list[JobRecord]:
-        statement = text(sql).bindparams(*(bindparam(name, expanding=True) for name in expanding))
+        statement = sql_text(sql).bindparams(*(bindparam(name, expanding=True) for name in expanding))
         with self.db.cursor() as c:
             rows = c.execute(statement, params or {}).fetchall()
         return [self._record(r) for r in rows]
@@ -131,7 +180,7 @@ class SqlJobStore:
         """
         with self.db.write("insert", {"id": spec.id}) as c:
             row = c.execute(
-                text(
+                sql_text(
                     "INSERT INTO jobs (id, variant, prompt, spec, status, filename, total_steps, created_at, "
                     "idempotency_key, request_hash, owner) VALUES (:id, :variant, :prompt, :spec, :status, "
                     ":filename, :total_steps, :created_at, :idempotency_key, :request_hash, :owner) RETURNING *"
@@ -188,7 +237,7 @@ class SqlJobStore:
         cols = ", ".join(f"{k} = :{k}" for k in fields)
         with self.db.write("update", {"id": job_id, **fields}) as c:
             row = c.execute(
-                text(f"UPDATE jobs SET {cols} WHERE id = :job_id RETURNING *"), {**fields, "job_id": job_id}
+                sql_text(f"UPDATE jobs SET {cols} WHERE id = :job_id RETURNING *"), {**fields, "job_id": job_id}
             ).fetchone()
         return self._record(row) if row is not None else None
 
@@ -217,14 +266,16 @@ class SqlJobStore:
         where = " AND ".join(conditions) or "1 = 1"
         with self.db.cursor() as c:
             if after is not None:
-                row = c.execute(text(f"SELECT seq FROM jobs WHERE id = :after AND {where}"), {**args, "after": after})
+                row = c.execute(
+                    sql_text(f"SELECT seq FROM jobs WHERE id = :after AND {where}"), {**args, "after": after}
+                )
                 found = row.fetchone()
                 if found is None:
                     raise KeyError(after)
                 where = f"{where} AND seq {cmp} :after_seq"
                 args = {**args, "after_seq": found[0]}
             rows = c.execute(
-                text(f"SELECT * FROM jobs WHERE {where} ORDER BY seq {order} LIMIT :limit"),
+                sql_text(f"SELECT * FROM jobs WHERE {where} ORDER BY seq {order} LIMIT :limit"),
                 {**args, "limit": limit + 1},
             ).fetchall()
         return [self._record(r) for r in rows[:limit]], len(rows) > limit
@@ -288,7 +339,9 @@ class SqlJobStore:
         with self.db.write("delete", {"ids": ids}) as c:
             for table, column in (("job_events", "job_id"), ("jobs", "id")):
                 c.execute(
-                    text(f"DELETE FROM {table} WHERE {column} IN :ids").bindparams(bindparam("ids", expanding=True)),
+                    sql_text(f"DELETE FROM {table} WHERE {column} IN :ids").bindparams(
+                        bindparam("ids", expanding=True)
+                    ),
                     {"ids": ids},
                 )
 
@@ -303,7 +356,7 @@ class SqlJobStore:
         """Fold one finished job's duration into the variant's exponential moving average."""
         with self.db.write("record_job_seconds", {"variant": variant}) as c:
             c.execute(
-                text(
+                sql_text(
                     "INSERT INTO variant_stats (variant, avg_job_seconds, samples) VALUES (:variant, :seconds, 1) "
                     "ON CONFLICT (variant) DO UPDATE SET avg_job_seconds = "
                     "variant_stats.avg_job_seconds * (1 - :alpha) + :alpha * :seconds, "
@@ -324,7 +377,7 @@ class SqlJobStore:
         data = event.model_copy(update={"id": 0}).model_dump_json()
         with self.db.write("append_event", {"id": job_id}) as c:
             n = c.execute(
-                text(
+                sql_text(
                     "INSERT INTO job_events (job_id, n, data) SELECT :job_id, COALESCE(MAX(n), 0) + 1, :data "
                     "FROM job_events WHERE job_id = :job_id RETURNING n"
                 ),
@@ -351,7 +404,7 @@ class SqlJobStore:
         ids = list(job_ids)
         if not ids:
             return {}
-        statement = text("SELECT job_id, MAX(n) FROM job_events WHERE job_id IN :ids GROUP BY job_id").bindparams(
+        statement = sql_text("SELECT job_id, MAX(n) FROM job_events WHERE job_id IN :ids GROUP BY job_id").bindparams(
             bindparam("ids", expanding=True)
         )
         with self.db.cursor() as c:
@@ -363,10 +416,10 @@ class SqlJobStore:
         """Store the order in which ``variant``'s lanes take turns (jobs/queue.py ``JobQueue.rotation``:
         owners, "" for jobs without one; the next first). Raises Fenced."""
         with self.db.write("set_rotation", {"variant": variant}) as c:
-            c.execute(text("DELETE FROM queue_rotation WHERE variant = :variant"), {"variant": variant})
+            c.execute(sql_text("DELETE FROM queue_rotation WHERE variant = :variant"), {"variant": variant})
             if lanes:
                 c.execute(
-                    text("INSERT INTO queue_rotation (variant, turn, owner) VALUES (:variant, :turn, :owner)"),
+                    sql_text("INSERT INTO queue_rotation (variant, turn, owner) VALUES (:variant, :turn, :owner)"),
                     [{"variant": variant, "turn": n, "owner": lane} for n, lane in enumerate(lanes)],
                 )
 
@@ -379,32 +432,40 @@ class SqlJobStore:
             return None
         queued = {"status": JobStatus.queued.value, "variant": rec.variant}
         with self.db.cursor() as c:
-            mine = rec.owner or ""
             same_owner = "owner IS NULL" if rec.owner is None else "owner = :owner"
             rank, rotating = c.execute(  # one round trip for the usual case: one key's lane
-                text(
+                sql_text(
                     "SELECT (SELECT COUNT(*) FROM jobs WHERE status = :status AND variant = :variant "
                     f"AND {same_owner} AND seq <= :seq), "
                     "(SELECT COUNT(*) FROM queue_rotation WHERE variant = :variant)"
                 ),
                 {**queued, "owner": rec.owner, "seq": rec.seq},
             ).one()
-            if rank == 0:  # dispatched or canceled since it was read
-                return None
-            if rotating < 2:  # the router stores a rotation whenever two lanes or more hold jobs
-                return rank
+        return self._position(rec, rank, rotating)
+
+    def _position(self, rec: JobRecord, rank: int, rotating: int) -> int | None:
+        """The queue position of queued ``rec``, ``rank`` in its own lane, with ``rotating`` lanes
+        in its variant's stored rotation (queue_position)."""
+        if rank == 0:  # dispatched or canceled since it was read
+            return None
+        if rotating < 2:  # the router stores a rotation whenever two lanes or more hold jobs
+            return rank
+        queued = {"status": JobStatus.queued.value, "variant": rec.variant}
+        with self.db.cursor() as c:
             turns: dict[str, int] = dict(
                 c.execute(
-                    text("SELECT owner, turn FROM queue_rotation WHERE variant = :variant"), {"variant": rec.variant}
+                    sql_text("SELECT owner, turn FROM queue_rotation WHERE variant = :variant"),
+                    {"variant": rec.variant},
                 ).fetchall()
             )
             lanes = c.execute(
-                text(
+                sql_text(
                     "SELECT COALESCE(owner, ''), COUNT(*), MIN(seq) FROM jobs WHERE status = :status "
                     "AND variant = :variant GROUP BY owner"
                 ),
                 queued,
             ).fetchall()
+        mine = rec.owner or ""
         order = sorted(lanes, key=lambda lane: (turns.get(lane[0], len(turns)), lane[2]))
         before = True
         position = rank
@@ -414,6 +475,25 @@ class SqlJobStore:
                 continue
             position += min(count, rank if before else rank - 1)
         return position
+
+    def get_for_view(self, job_id: str) -> JobForView | None:
+        """The job and what its view needs beyond it (its queue position, its variant's average job
+        and running jobs), in one query for the usual case; None when there is no such job.
+
+        A status read is the busiest query of the service: one round trip instead of four is most
+        of its cost on SQLite (SQLAlchemy's per-statement work) and on PostgreSQL (the network)."""
+        with self.db.cursor() as c:
+            rows = c.execute(
+                _GET_FOR_VIEW, {"id": job_id, "queued": JobStatus.queued.value, "running": JobStatus.running.value}
+            ).fetchall()
+        if not rows:
+            return None
+        first = dict(rows[0]._mapping)
+        extra = {name: first.pop(name) for name in _FOR_VIEW_COLUMNS}
+        rec = self._record_of(first)
+        running = [(r.r_started_at, r.r_step, r.r_total_steps, r.r_step_seconds) for r in rows if r.r_id is not None]
+        position = self._position(rec, extra["q_rank"], extra["q_rotating"]) if extra["q_rank"] is not None else None
+        return JobForView(rec, position, extra["q_avg"], running)
 
     def running_progress(self, variant: str) -> list[tuple[float | None, int, int, float | None]]:
         """(started_at, step, total_steps, step_seconds) of each running job of ``variant``: what a

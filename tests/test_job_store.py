@@ -187,6 +187,34 @@ def test_events_and_queue_positions_on_both_databases(db_url):
     assert store.last_event("job0") is None
 
 
+def test_a_status_read_gives_in_one_query_what_the_separate_reads_give(db_url, tmp_path):
+    store = JobStore(db_url)
+    for i, owner in enumerate(["A", "A", "B", None, "A", None]):
+        store.insert(_spec(i).model_copy(update={"owner": owner}))
+    store.insert(_spec(9, variant="w"))
+    store.update("job9", status=JobStatus.running, started_at=50.0, step=1, total_steps=2, step_seconds=4.0)
+    store.update("job0", status=JobStatus.running, started_at=100.0, step=3, total_steps=10, step_seconds=2.0)
+    store.update("job5", status=JobStatus.running, started_at=90.0)
+    store.record_job_seconds("v", 30.0)
+    reader = JobReader(store, ResultFiles(ObjectStore(tmp_path / "files")), lambda v: 2, clock=lambda: 110.0)
+    for rotation in ([], ["B", "", "A"], ["A", "B", ""]):
+        store.set_rotation("v", rotation)
+        for i in (0, 1, 2, 3, 4, 5, 9):
+            rec = store.get(f"job{i}")
+            found = store.get_for_view(f"job{i}")
+            assert found.record == rec and found.queue_position == store.queue_position(rec)
+            assert found.avg_job_s == store.avg_job_seconds(rec.variant)
+            queued = rec.status == JobStatus.queued
+            assert sorted(found.running) == (sorted(store.running_progress("v")) if queued else [])
+            assert reader.status(f"job{i}") == reader.view(rec)
+    assert [store.get_for_view(f"job{i}").queue_position for i in (1, 2, 3, 4)] == [1, 2, 3, 4]  # A, B, none, A
+    # Two replicas, both busy: the next job waits for the sooner to end of job0 (20 s: the average's
+    # 30 s less 10 run; its steps say 14) and job5 (10 s: 30 less 20 run), then runs 30 s; the 4th
+    # in line waits a round of 30 s more.
+    assert (reader.status("job1").eta_seconds, reader.status("job4").eta_seconds) == (40.0, 70.0)
+    assert store.get_for_view("nope") is None
+
+
 def test_a_job_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
     db = tmp_path / "jobs.db"
     shutil.copy(LEGACY, db)
