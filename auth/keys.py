@@ -15,10 +15,9 @@ import time
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from jobs.database import Database
+from jobs.database import Database, sql_text
 from jobs.ownership import Caller, Quotas
 
 #: What every key starts with, so that secret scanners and people recognise one.
@@ -89,7 +88,7 @@ class KeyStore:
         try:
             with self.db.transaction() as c:
                 c.execute(
-                    text(
+                    sql_text(
                         "INSERT INTO api_keys (id, name, shown, sha256, admin, max_running, max_queued, jobs_per_hour, "
                         "created_at) VALUES (:id, :name, :shown, :sha256, :admin, :max_running, :max_queued, "
                         ":jobs_per_hour, :created_at)"
@@ -137,7 +136,7 @@ class KeyStore:
         """
         with self.db.transaction() as c:
             row = c.execute(
-                text(
+                sql_text(
                     "UPDATE api_keys SET revoked_at = :now WHERE (name = :key OR id = :key) AND revoked_at IS NULL "
                     "RETURNING *"
                 ),
@@ -157,7 +156,7 @@ class KeyStore:
     def touch(self, key_id: str, when: float) -> None:
         """Record that the key was used at ``when`` (Unix seconds)."""
         with self.db.transaction() as c:
-            c.execute(text("UPDATE api_keys SET last_used_at = :when WHERE id = :id"), {"when": when, "id": key_id})
+            c.execute(sql_text("UPDATE api_keys SET last_used_at = :when WHERE id = :id"), {"when": when, "id": key_id})
 
     def quotas(self, key_id: str) -> Quotas | None:
         """The quotas of key ``key_id`` (live or revoked), or None for an unknown id."""

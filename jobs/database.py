@@ -9,6 +9,7 @@ webhooks, API keys). Writes through ``write()`` check the lease first (fencing).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import TextClause, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from jobs.config import PRIVATE_FILE_MODE, make_private_dir
@@ -44,6 +45,18 @@ class StoreHooks(Protocol):
     def before(self, op: str, fields: dict[str, Any]) -> None: ...
 
     def after(self, op: str, fields: dict[str, Any]) -> None: ...
+
+
+@functools.lru_cache(maxsize=1024)
+def sql_text(statement: str) -> TextClause:
+    """SQLAlchemy's ``text(statement)``, built once per statement string and then reused.
+
+    Building one parses the string for its ``:name`` parameters (a regex), which cost more than
+    SQLite's own work on the busiest reads and writes. The clause is immutable (``bindparams`` and
+    ``columns`` return copies), so sharing it is safe; the cache holds the fixed strings of this
+    package (a statement per set of columns an update writes), not values.
+    """
+    return text(statement)
 
 
 def database_url(where: str | Path) -> str:
@@ -166,7 +179,7 @@ class Database:
     def execute(self, sql: str, params: dict[str, Any] | None = None):
         """Run one statement (``:name`` parameters) under the lock; returns SQLAlchemy's result."""
         with self.lock:
-            return self.connection.execute(text(sql), params or {})
+            return self.connection.execute(sql_text(sql), params or {})
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -221,7 +234,7 @@ class Database:
             # Once per transaction: on PostgreSQL the first check holds the lease row until the commit.
             if self.generation is not None and not self._lease_checked:
                 lock = " FOR SHARE" if self.dialect == "postgresql" else ""
-                row = c.execute(text(f"SELECT generation FROM lease WHERE id = 1{lock}")).fetchone()
+                row = c.execute(sql_text(f"SELECT generation FROM lease WHERE id = 1{lock}")).fetchone()
                 if row is None or row[0] != self.generation:
                     raise Fenced(
                         f"the job store's lease moved to generation {row[0] if row else None}; "

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam
 
-from jobs.database import Database
+from jobs.database import Database, sql_text
 from webhooks.model import DeliveryState, WebhookAttempt, WebhookMessage
 
 
@@ -27,7 +27,7 @@ class WebhookStore:
         transaction, if any: the job engine writes a terminal status and its message as one commit)."""
         with self.db.write("add_webhook_message", {"job_id": job_id}) as c:
             c.execute(
-                text(
+                sql_text(
                     "INSERT INTO webhook_messages (id, job_id, event_type, payload, state, created_at) "
                     "VALUES (:id, :job_id, :event_type, :payload, :state, :created_at)"
                 ),
@@ -78,11 +78,12 @@ class WebhookStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self.db.cursor() as c:
             # By creation time (microseconds); the id only breaks exact ties, stably.
-            rows = c.execute(text(f"SELECT * FROM webhook_messages {clause} ORDER BY created_at, id"), args).fetchall()
+            statement = sql_text(f"SELECT * FROM webhook_messages {clause} ORDER BY created_at, id")
+            rows = c.execute(statement, args).fetchall()
             messages = [WebhookMessage(**dict(r._mapping)) for r in rows]
             for m in messages:
                 attempts = c.execute(
-                    text(
+                    sql_text(
                         "SELECT attempt, attempted_at, address, status_code, error, duration_s, next_attempt_at "
                         "FROM webhook_attempts WHERE message_id = :id ORDER BY attempt"
                     ),
@@ -98,7 +99,7 @@ class WebhookStore:
             return
         with self.db.cursor() as c:
             for table in ("webhook_messages", "webhook_attempts"):
-                statement = text(f"DELETE FROM {table} WHERE job_id IN :ids").bindparams(
+                statement = sql_text(f"DELETE FROM {table} WHERE job_id IN :ids").bindparams(
                     bindparam("ids", expanding=True)
                 )
                 c.execute(statement, {"ids": ids})
