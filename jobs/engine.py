@@ -146,7 +146,11 @@ class JobEngine:
             lambda variant: config.slots.get(variant, 1),
             clock,
             start_delay_of=replica_start_delay(config.replica_start_s, replica_running),
+            avg_job_s_of=self.avg_job_seconds,
         )
+        # variant -> its average job, seconds: this engine alone writes it (record_job_seconds), and
+        # every view of a submit or progress event reads it.
+        self._avg_job_s: dict[str, float | None] = {}
         self._watch: EventWatch | None = None
         self._last_events: dict[str, JobEvent] = {}  # running job -> its newest stored event
         self._rotations: dict[str, list[str] | None] = {}  # variant -> the lane rotation stored (None: unknown)
@@ -274,6 +278,13 @@ class JobEngine:
         """See JobReader.find_idempotent."""
         return self.reader.find_idempotent(key, request_hash, caller)
 
+    def avg_job_seconds(self, variant: str) -> float | None:
+        """``variant``'s average job duration, seconds (JobStore.avg_job_seconds), read once and
+        kept until this engine records another job's duration."""
+        if variant not in self._avg_job_s:
+            self._avg_job_s[variant] = self.store.avg_job_seconds(variant)
+        return self._avg_job_s[variant]
+
     def submit(
         self,
         spec: JobSpec,
@@ -337,7 +348,7 @@ class JobEngine:
             )
         limit = self.config.queue.max_queued_jobs
         if len(self.queue) >= limit:
-            avg = self.store.avg_job_seconds(spec.variant)
+            avg = self.avg_job_seconds(spec.variant)
             retry = math.ceil(avg) if avg else self.config.retry_after_s
             raise QueueFull(
                 f"{len(self.queue)} jobs are already waiting (max_queued_jobs={limit}); retry in about {retry} s",
@@ -367,7 +378,7 @@ class JobEngine:
             return
         quotas = self._quotas[caller.key_id] = caller.quotas
         if quotas.max_queued is not None and self.queue.owned(caller.key_id) >= quotas.max_queued:
-            avg = self.store.avg_job_seconds(spec.variant)
+            avg = self.avg_job_seconds(spec.variant)
             retry = math.ceil(avg) if avg else self.config.retry_after_s
             raise QuotaExceeded(
                 f"key {caller.name!r} has {quotas.max_queued} jobs waiting, its max_queued; retry in about "
@@ -511,17 +522,20 @@ class JobEngine:
         if run.canceled:
             return
         finished = self.clock()
-        with self.store.transaction():  # one commit: the job's end is on every listener's critical path
-            self._update(
-                job_id,
-                status=JobStatus.success,
-                phase=None,
-                filename=result.filename,
-                result=result.model_dump(),
-                finished_at=finished,
-                gpu_id=result.gpu_id,
-            )
-            self.store.record_job_seconds(run.spec.variant, finished - run.started)
+        try:
+            with self.store.transaction():  # one commit: the job's end is on every listener's critical path
+                self._update(
+                    job_id,
+                    status=JobStatus.success,
+                    phase=None,
+                    filename=result.filename,
+                    result=result.model_dump(),
+                    finished_at=finished,
+                    gpu_id=result.gpu_id,
+                )
+                self.store.record_job_seconds(run.spec.variant, finished - run.started)
+        finally:  # read again next time: the new average, or the stored one after a rollback
+            self._avg_job_s.pop(run.spec.variant, None)
         if run.attempts > 1:  # only a job that ran before can have an earlier attempt's file
             self._remove_stale_results(job_id, keep=result.filename)
         self.breakers[run.spec.variant].succeeded()
