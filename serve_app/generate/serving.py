@@ -386,10 +386,14 @@ class JobService:
                 return earlier
         if spec is None:
             assert req is not None
-            # Decoding runs in a pool of its own, so a few hostile uploads wait behind each other
-            # instead of taking the threads that status calls and /ready use.
-            loop = asyncio.get_running_loop()
-            built, prepared = await loop.run_in_executor(self.decode_pool, self.build_spec, req, uploads)
+            if uploads or req.webhook_url or req.loras:
+                # Decoding runs in a pool of its own, so a few hostile uploads wait behind each other
+                # instead of taking the threads that status calls and /ready use. A webhook's host
+                # is resolved (the SSRF guard) and adapters are looked up on disk there too.
+                loop = asyncio.get_running_loop()
+                built, prepared = await loop.run_in_executor(self.decode_pool, self.build_spec, req, uploads)
+            else:  # checks of numbers and names only: cheaper here than the hop to a thread
+                built, prepared = self.build_spec(req, uploads)
             if prepared is not None:
                 built.inputs = await asyncio.to_thread(prepared.save, self.objects, built.id)
             spec = built
