@@ -29,7 +29,7 @@ from jobs.inputs import PreparedInputs
 from jobs.model import GenerationParams, JobResult, JobSpec, JobStatus, Phase, ProgressEvent
 from jobs.queue import JobQueue
 from jobs.reader import EventWatch, JobReader
-from jobs.store import SqlJobStore
+from jobs.store import ETA_EMA_ALPHA, SqlJobStore
 from model_store.variants import Size
 
 
@@ -132,6 +132,21 @@ def test_a_queued_jobs_eta_comes_from_the_stored_average(tmp_path):
     clock.now += 10
     assert engine.status("job0").eta_seconds == 30.0  # 40 s average, 10 s in
     assert engine.status("job1").eta_seconds == 30.0 + 40.0
+
+
+def test_a_submit_after_a_job_ends_gets_the_new_average_in_its_eta(tmp_path):
+    clock = Clock()
+    engine = _engine(tmp_path, clock=clock)
+    engine.store.record_job_seconds("a", 40.0)
+    assert engine.submit(_spec(0)).eta_seconds == 40.0  # the router reads the stored average once
+    (spec,) = engine.dispatchable(lambda v: True)
+    engine.start(spec.id)
+    clock.now += 100
+    engine.succeeded(spec.id, _result("a.mp4"))
+    engine.finish(spec.id)
+    average = 40.0 * (1 - ETA_EMA_ALPHA) + 100.0 * ETA_EMA_ALPHA
+    assert engine.store.avg_job_seconds("a") == pytest.approx(average)
+    assert engine.submit(_spec(1)).eta_seconds == pytest.approx(average)  # not the 40 s it read before
 
 
 def test_events_skip_repeats_number_in_order_and_resume(tmp_path):
