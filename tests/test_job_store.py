@@ -1,6 +1,7 @@
 """The job store on both of its databases (a SQLite file and a real PostgreSQL server), its
 migrations, fencing and the uniqueness of Idempotency-Keys across writers."""
 
+import asyncio
 import shutil
 import sqlite3
 import threading
@@ -11,14 +12,17 @@ from sqlalchemy.exc import IntegrityError
 
 from auth.keys import KeyStore
 from jobs.database import Fenced
+from jobs.errors import JobNotFound
 from jobs.events import EVENT_ID_SPAN, JobEvent
 from jobs.files import ResultFiles
 from jobs.model import GenerationParams, JobSpec, JobStatus
 from jobs.objects import ObjectStore
+from jobs.ownership import Caller
 from jobs.reader import JobReader
 from jobs.store import ETA_EMA_ALPHA
 from jobs.store import SqlJobStore as JobStore
 from model_store.variants import Size
+from serve_app.job_reads import JobReads
 from webhooks.model import DeliveryState
 from webhooks.store import WebhookStore
 
@@ -213,6 +217,30 @@ def test_a_status_read_gives_in_one_query_what_the_separate_reads_give(db_url, t
     # in line waits a round of 30 s more.
     assert (reader.status("job1").eta_seconds, reader.status("job4").eta_seconds) == (40.0, 70.0)
     assert store.get_for_view("nope") is None
+
+
+def test_an_ingress_reads_many_statuses_and_events_at_once(db_url, tmp_path):
+    store = JobStore(db_url)
+    for i in range(6):
+        store.insert(_spec(i).model_copy(update={"owner": "B" if i == 5 else None}))
+    store.update("job0", status=JobStatus.running, started_at=1.0)
+    queued = JobEvent(event="queued", status=JobStatus.queued, phase=None, step=0, total_steps=2, progress=0.0,
+                      eta_seconds=None, queue_position=1)
+    store.append_event("job1", queued)
+    reads = JobReads(db_url, ObjectStore(tmp_path / "files"), {"v": 1})
+
+    async def read_all():
+        # Four reads of each job at once: on PostgreSQL in worker threads sharing one connection.
+        views = await asyncio.gather(*(reads.status(f"job{i}") for i in range(5) for _ in range(4)))
+        batch = await reads.events("job1", 0, 0.0)
+        with pytest.raises(JobNotFound):
+            await reads.status("job5", Caller(key_id="A", name="a"))
+        return views, batch
+
+    views, batch = asyncio.run(read_all())
+    assert [v.queue_position for v in views[::4]] == [None, 1, 2, 3, 4]
+    assert [v.id for v in views] == [f"job{i}" for i in range(5) for _ in range(4)]
+    assert [(e.id, e.event) for e in batch.events] == [(EVENT_ID_SPAN, "queued")]
 
 
 def test_a_job_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
