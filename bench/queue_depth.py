@@ -8,9 +8,10 @@ On a local Ray cluster with one ti2v-5b-tiny generator and ``max_queued_jobs`` 2
 store backend:
 
 1. one long job runs (500 denoising steps of 17 frames), so the queue does not drain;
-2. the echo, then status (GET /status/{id} of a queued job), each from ``--clients`` concurrent
-   clients for ``--seconds``: requests per second, p50 and p99 latency, with 0 jobs queued behind
-   it, and the ratios of status to the echo;
+2. the echo, status (GET /status/{id} of a queued job), and the echo again, each from
+   ``--clients`` concurrent clients for ``--seconds``: requests per second, p50 and p99 latency,
+   with 0 jobs queued behind it, the ratios of status to the echo's mean, and the CPU time per
+   request of the proxy, the echo replica, the ingress and the router;
 3. ``--queued`` jobs are written to the job store and the router restarted, so it reloads them as
    its queue (what a restart does), then status again;
 4. submits (POST /generate) from the same clients: jobs per second;
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -39,6 +41,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import ray
 from fastapi import FastAPI
 from ray import serve
@@ -65,8 +68,45 @@ class Echo:
         return {"id": job_id, "status": "queued"}
 
 
-async def _hammer(url: str, seconds: float, clients: int, method: str = "GET", body: dict | None = None) -> dict:
+def _serve_processes(app: str) -> dict[str, psutil.Process]:
+    """The proxy, the echo replica and ``app``'s ingress and router replicas, by their Ray process titles."""
+    titles = {
+        "proxy": "ray::ProxyActor",
+        "echo": "ray::ServeReplica:echo:Echo",
+        "ingress": f"ray::ServeReplica:{app}:Ingress",
+        "router": f"ray::ServeReplica:{app}:Router",
+    }
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        for name, title in titles.items():
+            if line.startswith(title):
+                found[name] = proc
+    return found
+
+
+def _cpu_s(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, proc in processes.items():
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            out[name] = times.user + times.system
+    return out
+
+
+async def _hammer(
+    url: str,
+    seconds: float,
+    clients: int,
+    method: str = "GET",
+    body: dict | None = None,
+    processes: dict[str, psutil.Process] | None = None,
+) -> dict:
+    """Requests per second and p50/p99 latency of ``clients`` concurrent clients for ``seconds``;
+    with ``processes``, each one's CPU time per request too (ms: user + system, from /proc), a
+    measure of the work per request that the machine's load does not skew as it skews throughput."""
     latencies: list[float] = []
+    before = _cpu_s(processes or {})
     stop = time.monotonic() + seconds
 
     async def one(client: httpx.AsyncClient) -> None:
@@ -82,12 +122,18 @@ async def _hammer(url: str, seconds: float, clients: int, method: str = "GET", b
         await asyncio.gather(*(one(client) for _ in range(clients)))
         wall = time.perf_counter() - t0
     latencies.sort()
-    return {
+    out: dict = {
         "requests": len(latencies),
         "per_second": round(len(latencies) / wall, 1),
         "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
         "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 2),
     }
+    if processes:
+        after = _cpu_s(processes)
+        out["cpu_ms_per_request"] = {
+            name: round(1000 * (after[name] - before[name]) / len(latencies), 2) for name in after if name in before
+        }
+    return out
 
 
 def _spec(i: int) -> JobSpec:
@@ -193,8 +239,19 @@ def measure(base: str, backend: str, store_url: str | None, args) -> dict:
         ).json()["id"]
         _wait(client, long_job, lambda s: s["status"] == "running")
         probe = client.post("/generate", json={"prompt": "probe", **fast}).json()["id"]
-        out["echo"] = asyncio.run(_hammer(f"{base}/echo/status/x", args.seconds, args.clients))
-        out["status_queue_0"] = asyncio.run(_hammer(f"{url}/status/{probe}", args.seconds, args.clients))
+        procs = _serve_processes(f"q{backend}")
+        echo_url = f"{base}/echo/status/x"
+        # The echo before and after status, compared with their mean: this machine's speed drifts
+        # by 10 to 20 % within minutes under this load.
+        before = asyncio.run(_hammer(echo_url, args.seconds, args.clients, processes=procs))
+        status_url = f"{url}/status/{probe}"
+        out["status_queue_0"] = asyncio.run(_hammer(status_url, args.seconds, args.clients, processes=procs))
+        after = asyncio.run(_hammer(echo_url, args.seconds, args.clients, processes=procs))
+        out["echo_runs"] = [before, after]
+        out["echo"] = {
+            "per_second": round((before["per_second"] + after["per_second"]) / 2, 1),
+            "p99_ms": round((before["p99_ms"] + after["p99_ms"]) / 2, 2),
+        }
         out["status_queue_0"].update(_ratios(out["status_queue_0"], out["echo"]))
         # 3. A deep queue: written to the store, then reloaded by a restarted router.
         store = SqlJobStore(store_url or data_dir / "jobs.db")
@@ -214,8 +271,9 @@ def measure(base: str, backend: str, store_url: str | None, args) -> dict:
                 raise TimeoutError(f"the router reloaded {depth} of {args.queued} jobs")
         out["router_reload_seconds"] = round(time.perf_counter() - t0, 1)
         out["queued"] = depth
+        procs = _serve_processes(f"q{backend}")  # the router is a new process
         deep = out[f"status_queue_{args.queued}"] = asyncio.run(
-            _hammer(f"{url}/status/{probe}", args.seconds, args.clients)
+            _hammer(f"{url}/status/{probe}", args.seconds, args.clients, processes=procs)
         )
         deep.update(_ratios(deep, out["echo"]))
         deep["p99_vs_empty_queue"] = round(deep["p99_ms"] / out["status_queue_0"]["p99_ms"], 2)
@@ -224,7 +282,7 @@ def measure(base: str, backend: str, store_url: str | None, args) -> dict:
             _hammer(f"{url}/status/{tail}", args.seconds, args.clients)
         )
         out["submits"] = asyncio.run(
-            _hammer(f"{url}/generate", args.seconds, args.clients, "POST", {"prompt": "a submit", **fast})
+            _hammer(f"{url}/generate", args.seconds, args.clients, "POST", {"prompt": "a submit", **fast}, procs)
         )
         # Free the generator, so the app stops without waiting out the long job.
         client.post(f"/jobs/{long_job}/cancel")
