@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from jobs.errors import FileNotFoundForJob, IdempotencyConflict, JobNotFound
 from jobs.eta import queued_eta_s, running_remaining_s
+from jobs.event_notices import EventNotices
 from jobs.events import EVENT_ID_SPAN, EventBatch, JobEvent
 from jobs.files import ResultFiles
 from jobs.model import JobRecord, JobStatus, JobView
@@ -31,6 +32,11 @@ logger = logging.getLogger(__name__)
 #: Seconds between one process's checks of the store for new events of the jobs it is asked
 #: about (one query for all of them, a read of an index): the added latency of an event, at most.
 EVENT_POLL_S = 0.01
+
+#: Seconds between those checks while the process hears of new events as they are stored
+#: (PostgreSQL, jobs/event_notices.py): only a safety net then, for an announcement lost with a
+#: connection that dropped unnoticed.
+NOTIFIED_POLL_S = 1.0
 
 #: Seconds between re-reads of a queued job's place while a listener waits: queue moves are not
 #: stored events, so the polls above do not see them.
@@ -272,7 +278,13 @@ class EventWatch:
     """Long polls on jobs' events for one process (an ingress replica, or the router's engine in
     tests): one store query every ``poll_s`` seconds for all jobs being waited on, however many
     listeners wait, and a re-read of each waiting listener's job every ``refresh_s`` seconds for
-    queue moves. Runs on one event loop; ``inline`` reads on it instead of in worker threads."""
+    queue moves. Runs on one event loop; ``inline`` reads on it instead of in worker threads.
+
+    With ``notices_url`` (a PostgreSQL job store), it LISTENs for stored events
+    (jobs/event_notices.py) and queries the store when one of a waited-on job is announced, and
+    otherwise only every ``notified_poll_s`` seconds; while that connection is down, every
+    ``poll_s`` seconds again. ``close()`` stops the listening.
+    """
 
     def __init__(
         self,
@@ -280,13 +292,32 @@ class EventWatch:
         poll_s: float = EVENT_POLL_S,
         refresh_s: float = QUEUED_REFRESH_S,
         inline: bool = False,
+        notices_url: str | None = None,
+        notified_poll_s: float = NOTIFIED_POLL_S,
     ) -> None:
         self.reader = reader
         self.inline = inline  # read on the event loop (a local SQLite file), not in a worker thread
         self.poll_s = poll_s
         self.refresh_s = refresh_s
+        self.notified_poll_s = notified_poll_s
+        self.notices = EventNotices(notices_url, self._notice) if notices_url else None
         self._waiting: dict[str, dict[asyncio.Event, int]] = {}  # job id -> listener -> its stored events seen
         self._poller: asyncio.Task | None = None
+        self._nudge: asyncio.Event | None = None  # set (on the loop) when the store should be read now
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _notice(self, job_id: str | None) -> None:
+        """From the listening thread: an event of ``job_id`` (None: of any job) was stored."""
+        loop, nudge = self._loop, self._nudge
+        if loop is None or nudge is None or (job_id is not None and job_id not in self._waiting):
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(nudge.set)
+
+    def close(self) -> None:
+        """Stop listening for announcements (the long polls fall back to polling)."""
+        if self.notices is not None:
+            self.notices.stop()
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args) if self.inline else await asyncio.to_thread(fn, *args)
@@ -305,7 +336,10 @@ class EventWatch:
         woken = asyncio.Event()
         self._waiting.setdefault(job_id, {})[woken] = after // EVENT_ID_SPAN
         if self._poller is None or self._poller.done():
+            self._loop, self._nudge = loop, asyncio.Event()
             self._poller = asyncio.create_task(self._poll())
+            if self.notices is not None:
+                self.notices.start()
         try:
             while (left := deadline - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
@@ -322,7 +356,10 @@ class EventWatch:
                 self._waiting.pop(job_id, None)
 
     async def _poll(self) -> None:
+        nudge = self._nudge
+        assert nudge is not None
         while self._waiting:
+            nudge.clear()  # before the read: an announcement during it asks for another
             try:
                 counts = await self._read(self.reader.store.event_counts, list(self._waiting))
             except Exception:  # the store failed: listeners still re-read every refresh_s
@@ -334,4 +371,6 @@ class EventWatch:
                 for woken, seen in listeners.items():
                     if stored > seen:
                         woken.set()
-            await asyncio.sleep(self.poll_s)
+            listening = self.notices is not None and self.notices.listening
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nudge.wait(), self.notified_poll_s if listening else self.poll_s)

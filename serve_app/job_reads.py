@@ -52,8 +52,14 @@ class JobReads:
             start_delay_of=start_delay_of,
         )
         self.inline = self.store.db.dialect == "sqlite"
-        self.watch = EventWatch(self.reader, inline=self.inline)
+        # On PostgreSQL, long polls hear of each stored event (LISTEN) instead of polling for it.
+        self.watch = EventWatch(self.reader, inline=self.inline, notices_url=None if self.inline else self.store.db.url)
         self.webhooks = WebhookStore(self.store.db)
+
+    def close(self) -> None:
+        """Stop the long polls' listening connection (PostgreSQL) and close the store's."""
+        self.watch.close()
+        self.store.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args) if self.inline else await asyncio.to_thread(fn, *args)

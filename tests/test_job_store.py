@@ -18,7 +18,7 @@ from jobs.files import ResultFiles
 from jobs.model import GenerationParams, JobSpec, JobStatus
 from jobs.objects import ObjectStore
 from jobs.ownership import Caller
-from jobs.reader import JobReader
+from jobs.reader import EventWatch, JobReader
 from jobs.store import ETA_EMA_ALPHA
 from jobs.store import SqlJobStore as JobStore
 from model_store.variants import Size
@@ -247,7 +247,7 @@ def test_a_job_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
     db = tmp_path / "jobs.db"
     shutil.copy(LEGACY, db)
     store = JobStore(db)
-    assert store.db.schema_version == "0002" and "alembic_version" in store.db.tables
+    assert store.db.schema_version == "0003" and "alembic_version" in store.db.tables
     # Every row of the old file, read by the current code.
     jobs = {r.id: r for r in store.all()}
     assert [r.id for r in store.all()] == ["legacy1", "legacy2", "legacy3"]
@@ -265,9 +265,82 @@ def test_a_job_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
     with pytest.raises(IntegrityError):
         store.insert(_spec(10), idempotency_key="idem-1")
     store.close()
-    assert JobStore(db).db.schema_version == "0002"  # opening again migrates nothing
+    assert JobStore(db).db.schema_version == "0003"  # opening again migrates nothing
     # A job stored before events were has its state as one event, numbered below any stored one.
     reader = JobReader(JobStore(db), ResultFiles(ObjectStore(tmp_path / "data")), lambda v: 1)
     batch = reader.events("legacy1")
     assert [(e.id, e.event, e.filename) for e in batch.events] == [(1, "terminal", "legacy1.mp4")]
     assert batch.done and reader.events("legacy1", 1).events == [] and 1 < EVENT_ID_SPAN
+
+
+def _queued_event(position: int) -> JobEvent:
+    return JobEvent(
+        event="queued",
+        status=JobStatus.queued,
+        phase=None,
+        step=0,
+        total_steps=2,
+        progress=0.0,
+        eta_seconds=None,
+        queue_position=position,
+    )
+
+
+def _listeners(url: str) -> list[int]:
+    """The server pids of the connections LISTENing for job events."""
+    import psycopg
+
+    from jobs.event_notices import libpq_url
+
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_long_poll_on_postgresql_hears_of_each_stored_event_without_polling(postgres, tmp_path):
+    url = postgres.new_database()
+    writer = JobStore(url)  # the router's connection
+    writer.insert(_spec(1))
+    first = writer.append_event("job1", _queued_event(1))  # its place now: no queue move to report
+    # Polls only once a minute, and re-reads the job once a minute: only an announcement wakes it sooner.
+    watch = EventWatch(
+        JobReader(JobStore(url), ResultFiles(ObjectStore(tmp_path / "f")), lambda v: 1),
+        poll_s=60,
+        refresh_s=60,
+        notices_url=url,
+        notified_poll_s=60,
+    )
+
+    async def wait_for_next(after: int, store_it) -> list[tuple[int, int | None]]:
+        waiting = asyncio.create_task(watch.wait("job1", after, timeout_s=30))
+        await asyncio.sleep(0.2)  # the poller's first read is done; it waits a minute now
+        assert not waiting.done()
+        await asyncio.to_thread(store_it)
+        batch = await asyncio.wait_for(waiting, 10)
+        return [(e.id, e.queue_position) for e in batch.events]
+
+    async def run():
+        for _ in range(100):  # the listening thread connects
+            if watch.notices.listening:
+                break
+            await asyncio.sleep(0.05)
+        heard = await wait_for_next(first.id, lambda: writer.append_event("job1", _queued_event(1)))
+        # The server drops the listening connection: it reconnects, and hears the next event.
+        (pid,) = _listeners(url)
+        await asyncio.to_thread(writer.db.execute, "SELECT pg_terminate_backend(:pid)", {"pid": pid})
+        for _ in range(100):
+            if watch.notices.listening and _listeners(url) not in ([], [pid]):
+                break
+            await asyncio.sleep(0.05)
+        heard_again = await wait_for_next(2 * EVENT_ID_SPAN, lambda: writer.append_event("job1", _queued_event(1)))
+        return heard, heard_again
+
+    try:
+        heard, heard_again = asyncio.run(run())
+    finally:
+        watch.close()
+    assert heard == [(2 * EVENT_ID_SPAN, 1)]
+    assert heard_again == [(3 * EVENT_ID_SPAN, 1)]
+    assert _listeners(url) == []  # close() closed the listening connection

@@ -25,5 +25,5 @@ def test_the_service_keeps_its_jobs_in_postgresql(ray_serve, postgres, tmp_path,
     store = SqlJobStore(url)
     [rec] = store.all()
     assert rec.id == first.json()["id"] and rec.status == JobStatus.success and rec.result["num_frames"] == 1
-    assert store.db.schema_version == "0002" and not (tmp_path / "data" / "jobs.db").exists()
+    assert store.db.schema_version == "0003" and not (tmp_path / "data" / "jobs.db").exists()
     assert store.db.execute("SELECT generation FROM lease").scalar_one() == 1  # the router holds the lease
