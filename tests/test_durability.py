@@ -80,7 +80,7 @@ def test_a_killed_generator_job_is_retried_and_other_variants_keep_serving(dura)
     assert o["status"] == "success" and o["attempts"] == 1
 
 
-# A repeated-restart sequence: in `make soak`, out of `make test`'s 20-minute budget.
+# A repeated-restart sequence: in `make soak`, out of `make test`'s 35-minute budget.
 @pytest.mark.soak
 def test_a_job_that_kills_every_replica_ends_after_max_attempts(dura):
     dura.arm({"variant": TI2V, "kind": "crash", "at_step": 1, "times": 2})
@@ -212,7 +212,7 @@ def test_a_killed_router_reloads_its_queue_in_fifo_order_and_requeues_the_runnin
     assert starts == sorted(starts)  # FIFO held across the restart
 
 
-# A repeated-restart sequence: in `make soak`, out of `make test`'s 20-minute budget.
+# A repeated-restart sequence: in `make soak`, out of `make test`'s 35-minute budget.
 @pytest.mark.soak
 def test_a_redeploy_lets_the_running_job_finish_or_hands_it_back(dura, ray_serve):
     from ray import serve
@@ -234,7 +234,7 @@ def test_a_redeploy_lets_the_running_job_finish_or_hands_it_back(dura, ray_serve
     assert dura.wait(dura.submit("after the redeploy"))["status"] == "success"
 
 
-# A repeated-restart sequence: in `make soak`, out of `make test`'s 20-minute budget.
+# A repeated-restart sequence: in `make soak`, out of `make test`'s 35-minute budget.
 @pytest.mark.soak
 def test_a_job_running_through_max_attempts_router_deaths_ends_with_the_reason(dura):
     # The first run hangs at its first step, so the job is still running when the router dies,

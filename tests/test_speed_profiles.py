@@ -351,6 +351,9 @@ def test_the_distilled_lora_pull_says_when_the_hub_cannot_be_reached(tmp_path, m
     assert not (tmp_path / "loras" / "wan2.2-t2v-a14b-lightning" / "adapter.yaml").exists()
 
 
+# torch.compile of every block, once per speed profile, takes about 90 s on 2 cores: in `make soak`,
+# out of `make test`'s 35-minute budget.
+@pytest.mark.soak
 def test_regional_compile_at_warm_up_gives_the_eager_frames(tiny_weights):
     """About 25 s here: the warm-up compiles each block once per profile (the cache's hooks change
     what is traced)."""
