@@ -56,11 +56,6 @@ class JobReads:
         self.watch = EventWatch(self.reader, inline=self.inline, notices_url=None if self.inline else self.store.db.url)
         self.webhooks = WebhookStore(self.store.db)
 
-    def close(self) -> None:
-        """Stop the long polls' listening connection (PostgreSQL) and close the store's."""
-        self.watch.close()
-        self.store.close()
-
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args) if self.inline else await asyncio.to_thread(fn, *args)
 
